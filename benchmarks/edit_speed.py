@@ -1,0 +1,83 @@
+"""Time one face -> all 7 emotions: the paper's path against emodiff's default fast path, same run.
+
+paper path: start from pure noise, DDPM ancestral sampling over all 1000 steps, fp32, no guidance
+            (one network pass per step), the target label and the input's semantic code.
+fast path:  the `emodiff edit` defaults (EditSettings()), DDIM, bf16 autocast where supported.
+
+    python benchmarks/edit_speed.py [--model DIR] [--repeats 3] [--device cpu]
+
+Without a shipped or given model the default architecture is timed untrained: speed does not
+depend on the weights.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import time
+
+import numpy as np
+import torch
+
+from emodiff.data import EMOTIONS
+from emodiff.denoiser import EmotionDenoiser
+from emodiff.pipeline import DEFAULT_MODEL, EditSettings, EmotionEditPipeline, sampling_scheduler
+from emodiff.predict import read_face, sample_faces
+
+
+def load(model: str | None, device: str) -> tuple[EmotionEditPipeline, str]:
+    if model or (DEFAULT_MODEL / "denoiser").is_dir():
+        return EmotionEditPipeline.from_pretrained(model, device=device), str(model or DEFAULT_MODEL)
+    return EmotionEditPipeline(EmotionDenoiser(), sampling_scheduler("ddim")).to(device), "untrained default architecture"
+
+
+def best_of(repeats: int, run) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path; the best is reported")
+    parser.add_argument("--paper-repeats", type=int, default=1, help="timed runs of the slow paper path")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    args = parser.parse_args()
+
+    pipe, source = load(args.model, args.device)
+    face = read_face(sample_faces()[0])[None]
+    targets = list(range(len(EMOTIONS)))
+    fast = EditSettings()
+    print(f"model: {source}; {sum(p.numel() for p in pipe.denoiser.parameters()) / 1e6:.2f}M denoiser parameters")
+    print(f"machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+
+    fast_scheduler, paper_scheduler = pipe.scheduler, sampling_scheduler("ddpm", pipe.scheduler)
+
+    def run_fast():
+        pipe.scheduler = fast_scheduler
+        pipe.to(args.device)  # bf16 autocast where supported
+        pipe.edit_faces(face, targets, fast, source_labels=[0])
+
+    def run_paper():
+        pipe.scheduler = paper_scheduler
+        pipe.to(args.device, bf16=False)
+        pipe.edit_faces(face, targets, EditSettings(mode="paper", steps=1000, guidance=1.0), source_labels=[0])
+
+    run_fast()  # warm-up: first calls allocate and pick kernels
+    fast_best, fast_median = best_of(args.repeats, run_fast)
+    paper_best, paper_median = best_of(args.paper_repeats, run_paper)
+    print(f"paper path (paper mode, DDPM 1000 steps, fp32, guidance 1): {paper_best:8.3f} s  (median {paper_median:.3f})")
+    print(
+        f"fast path  ({fast.mode}, strength {fast.strength}, {type(fast_scheduler).__name__} {fast.steps} steps, "
+        f"guidance {fast.guidance}, bf16 {pipe.bf16}): {fast_best:8.3f} s  (median {fast_median:.3f})"
+    )
+    print(f"speed-up: {paper_best / fast_best:.1f}x  (1 face -> {len(targets)} emotions)")
+
+
+if __name__ == "__main__":
+    main()

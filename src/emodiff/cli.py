@@ -1,0 +1,292 @@
+"""The ``emodiff`` command line: one subcommand per job, each with a --help that explains it."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .data import EMOTIONS, FERDataError
+
+
+def _add_device(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto = cuda if available)"
+    )
+
+
+def _cmd_train_encoder(args: argparse.Namespace) -> int:
+    from .training import EncoderTrainConfig, train_encoder
+
+    result = train_encoder(
+        EncoderTrainConfig(
+            kind=args.kind,
+            data=args.data,
+            out=args.out,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            device=args.device,
+            seed=args.seed,
+            checkpoint_minutes=args.checkpoint_minutes,
+            skip_bad=args.skip_bad,
+            resume=args.resume,
+            stop_at_step=args.stop_at_step,
+        )
+    )
+    if result["is_main"]:
+        print(f"{args.kind}: step {result['step']}/{result['total_steps']}, saved in {args.out}")
+    return 0
+
+
+def _split(text: str) -> str:
+    from .data import parse_split
+
+    try:
+        return parse_split(text)
+    except FERDataError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, got {text!r}") from None
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from .training import DiffusionTrainConfig, train_diffusion
+
+    result = train_diffusion(
+        DiffusionTrainConfig(
+            cond=args.cond,
+            data=args.data,
+            out=args.out,
+            encoder=args.encoder,
+            images=args.images,
+            minutes=args.minutes,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            min_snr_gamma=args.min_snr_gamma,
+            block_out_channels=args.channels,
+            layers_per_block=args.layers_per_block,
+            attention_levels=tuple(bool(flag) for flag in args.attention or (0,) * len(args.channels)),
+            ema_decay=args.ema_decay,
+            seed=args.seed,
+            device=args.device,
+            checkpoint_minutes=args.checkpoint_minutes,
+            skip_bad=args.skip_bad,
+            resume=args.resume,
+            stop_at_step=args.stop_at_step,
+        )
+    )
+    if result["is_main"]:
+        print(f"{args.cond}: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
+    return 0
+
+
+def _cmd_edit(args: argparse.Namespace) -> int:
+    from .editing import run_edit
+
+    return run_edit(args)
+
+
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from .editing import run_sample
+
+    return run_sample(args)
+
+
+def _cmd_test_encoder(args: argparse.Namespace) -> int:
+    from .data import load_fer2013
+    from .encoders import load_encoder
+    from .training import evaluate_encoder, make_accelerator
+
+    model = load_encoder(args.model)
+    faces = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
+    if len(faces) == 0:
+        raise ValueError(f"{args.data}: no {args.split} rows")
+    accelerator = make_accelerator(args.device)
+    metrics = evaluate_encoder(model.to(accelerator.device), faces, accelerator)
+    print(f"{type(model).__name__} on {len(faces)} {args.split} faces: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .files import save_model_dir
+
+    source = Path(args.model)
+    if (source / "denoiser").is_dir():
+        from .pipeline import EmotionEditPipeline
+
+        EmotionEditPipeline.from_pretrained(source, device="cpu").save_pretrained(args.out, fp16=args.fp16)
+    else:
+        from .encoders import load_encoder
+
+        save_model_dir(load_encoder(source), Path(args.out), fp16=args.fp16)
+    print(f"exported {source} to {args.out}{' in fp16' if args.fp16 else ''}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .predict import predict_files
+
+    return predict_files(args.images, model=args.model, device=args.device)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="emodiff",
+        description="Change the facial expression of a face with a conditional diffusion model (FER-2013).",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    train = commands.add_parser(
+        "train-encoder",
+        help="train a semantic encoder (cnn, vae) or the evaluation judge on FER-2013",
+        description="Train the CNN emotion encoder, the VAE encoder or the judge on the Training split, "
+        "validating on PublicTest after every epoch. Writes OUT/config.json + "
+        "OUT/diffusion_pytorch_model.safetensors (the model), OUT/metrics.csv (one row per epoch) and "
+        "OUT/checkpoint.safetensors (every few minutes, for --resume).",
+    )
+    train.add_argument("kind", choices=("cnn", "vae", "judge"), help="which model to train")
+    train.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
+    train.add_argument("--out", required=True, help="model directory to write (refused if it holds a run, unless --resume)")
+    train.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 40, judge 30, vae 30)")
+    train.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
+    train.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
+    train.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and initialisation (default: 0)")
+    train.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    train.add_argument(
+        "--stop-at-step", type=int, default=None, help="end this invocation after this optimizer step (resumable)"
+    )
+    _add_device(train)
+    train.set_defaults(handler=_cmd_train_encoder)
+
+    train_dm = commands.add_parser(
+        "train",
+        help="train the conditional diffusion model (label, cnn or vae variant)",
+        description="Train the paper's conditional DDPM (1000 steps, linear betas 1e-4..0.02, MSE on the noise) "
+        "on the Training split. The condition added to the timestep embedding is the label embedding (label) or "
+        "concat(label embedding, Linear(semantic code)) (cnn, vae). Writes a model directory usable by "
+        "'emodiff edit --model OUT' after every checkpoint: denoiser/ (EMA weights), scheduler/, encoder/, "
+        "metrics.csv (loss curve), samples/*.png, training_config.json and checkpoint.safetensors (for --resume). "
+        "Runs on several GPUs or machines unchanged with 'accelerate launch -m emodiff.cli train ...'.",
+    )
+    train_dm.add_argument("--cond", required=True, choices=("label", "cnn", "vae"), help="conditioning variant")
+    train_dm.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
+    train_dm.add_argument("--out", required=True, help="model directory to write (refused if it holds a run, unless --resume)")
+    train_dm.add_argument("--encoder", default=None, help="semantic encoder directory for cnn/vae (default: the shipped one)")
+    budget = train_dm.add_mutually_exclusive_group()
+    budget.add_argument("--images", type=int, default=None, help="budget in training images seen (default: 600000)")
+    budget.add_argument("--minutes", type=float, default=None, help="budget in minutes of training, summed over resumes")
+    train_dm.add_argument("--batch-size", type=int, default=64, help="images per step over all processes (default: 64)")
+    train_dm.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate after warm-up (default: 3e-4)")
+    train_dm.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
+    train_dm.add_argument("--channels", type=_int_list, default=(32, 64, 128), help="UNet widths per level (default: 32,64,128)")
+    train_dm.add_argument("--layers-per-block", type=int, default=2, help="ResNet layers per UNet level (default: 2)")
+    train_dm.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
+    train_dm.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
+    train_dm.add_argument("--seed", type=int, default=0, help="seed of data order, noise and initialisation (default: 0)")
+    train_dm.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
+    train_dm.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    train_dm.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    train_dm.add_argument("--stop-at-step", type=int, default=None, help="end this invocation after this step (resumable)")
+    _add_device(train_dm)
+    train_dm.set_defaults(handler=_cmd_train)
+
+    from .pipeline import MODES, SCHEDULERS, EditSettings
+
+    defaults = EditSettings()
+    edit = commands.add_parser(
+        "edit",
+        help="change the expression of face images to chosen emotions",
+        description="Edit each IMAGE to every emotion in --to and write OUT/<stem>_<emotion>.png (8-bit grayscale, "
+        "the input's size). Modes: paper = from pure noise with the target label and the input's semantic code "
+        "(the paper's manipulation); sdedit = noise the input to strength*T and denoise with the target; "
+        "invert = deterministic DDIM inversion of the input to strength*T under its source emotion, then decode "
+        "under the target (keeps the person best). All targets of an input are sampled in one batch.",
+    )
+    edit.add_argument("images", nargs="+", help="face images (48x48 crops, or any image: converted to grayscale)")
+    edit.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
+    edit.add_argument("--out", required=True, help="output directory")
+    edit.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    edit.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
+    edit.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
+    edit.add_argument("--steps", type=int, default=defaults.steps, help=f"sampler steps over the full T (default: {defaults.steps})")
+    edit.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
+    edit.add_argument("--guidance", type=float, default=defaults.guidance, help=f"classifier-free guidance scale on the label (default: {defaults.guidance})")
+    edit.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
+    edit.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
+    edit.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
+    edit.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
+    _add_device(edit)
+    edit.set_defaults(handler=_cmd_edit)
+
+    sample = commands.add_parser(
+        "sample",
+        help="generate random faces showing an emotion",
+        description="Sample N random faces of one emotion from pure noise and write OUT/<emotion>_<i>.png.",
+    )
+    sample.add_argument("--emotion", required=True, help=f"one of {', '.join(EMOTIONS)}")
+    sample.add_argument("-n", type=int, default=8, help="number of faces (default: 8)")
+    sample.add_argument("--out", required=True, help="output directory")
+    sample.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    sample.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
+    sample.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
+    sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
+    sample.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
+    _add_device(sample)
+    sample.set_defaults(handler=_cmd_sample)
+
+    test_encoder = commands.add_parser(
+        "test-encoder",
+        help="measure an encoder or judge on a FER-2013 split (accuracy, or PSNR for the VAE)",
+        description="Print the accuracy (classifiers, mirror-averaged) or reconstruction PSNR (VAE) of a model "
+        "directory, or of a shipped model named cnn, vae or judge, on one split.",
+    )
+    test_encoder.add_argument("model", help="model directory, or cnn / vae / judge for the shipped ones")
+    test_encoder.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
+    test_encoder.add_argument("--split", default="PublicTest", type=_split, help="Training, PublicTest or PrivateTest (default: PublicTest)")
+    test_encoder.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    _add_device(test_encoder)
+    test_encoder.set_defaults(handler=_cmd_test_encoder)
+
+    export = commands.add_parser(
+        "export",
+        help="copy a trained model directory without its training state, optionally in fp16",
+        description="Write the loadable part of a model directory (an encoder, or a diffusion model's denoiser/, "
+        "encoder/ and scheduler/) to OUT, dropping checkpoints, metrics and samples.",
+    )
+    export.add_argument("model", help="trained model directory (from train-encoder or train)")
+    export.add_argument("out", help="directory to write")
+    export.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
+    export.set_defaults(handler=_cmd_export)
+
+    predict = commands.add_parser(
+        "predict",
+        help="predict the emotion of face images with the CNN encoder",
+        description="Print the emotion the CNN encoder sees in each face (48x48 grayscale crops or any image, "
+        "which is converted to grayscale and resized). With no IMAGE, runs on the bundled sample faces.",
+    )
+    predict.add_argument("images", nargs="*", help="image files (default: the bundled sample faces)")
+    predict.add_argument("--model", default=None, help="classifier model directory (default: the shipped CNN encoder)")
+    _add_device(predict)
+    predict.set_defaults(handler=_cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.handler(args)
+    except (FERDataError, FileNotFoundError, FileExistsError, ValueError) as error:
+        print(f"emodiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

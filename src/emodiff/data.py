@@ -1,0 +1,289 @@
+"""FER-2013: emotion names, loading both public layouts, a decoded cache, and batch augmentation.
+
+Images live in memory as one uint8 array (N, 48, 48): the whole data set is 80 MB, so there is
+no reason for per-item datasets or worker processes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import hashlib
+import io
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+SPLITS = ("Training", "PublicTest", "PrivateTest")
+IMAGE_SIZE = 48
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+CACHE_VERSION = 1
+
+WHERE_TO_GET = (
+    "FER-2013 is available from Kaggle: the CSV release 'fer2013.csv' "
+    "(https://www.kaggle.com/c/challenges-in-representation-learning-facial-expression-recognition-challenge) "
+    "or the image-folder release (https://www.kaggle.com/datasets/msambare/fer2013). Accepted layouts: "
+    "a CSV with header 'emotion,pixels,Usage' (plain or .gz), or a folder with "
+    "train/<emotion>/*.jpg and test/<emotion>/*.jpg."
+)
+
+
+class FERDataError(ValueError):
+    """A data file or value that cannot be used; the message says where and what is expected."""
+
+
+def parse_emotion(value: int | str) -> int:
+    """An emotion as a label index: accepts 0..6, '0'..'6' or a name in any case."""
+    text = str(value).strip().lower()
+    if text in EMOTIONS:
+        return EMOTIONS.index(text)
+    if text.isdigit() and int(text) < len(EMOTIONS):
+        return int(text)
+    raise FERDataError(
+        f"unknown emotion {value!r}: expected one of {', '.join(EMOTIONS)} (or 0..{len(EMOTIONS) - 1})"
+    )
+
+
+def parse_emotions(spec: str) -> list[int]:
+    """A comma-separated list of emotions, or 'all' for the seven in label order."""
+    if spec.strip().lower() == "all":
+        return list(range(len(EMOTIONS)))
+    labels = [parse_emotion(part) for part in spec.split(",") if part.strip()]
+    if not labels:
+        raise FERDataError(f"no emotion given in {spec!r}: expected names like 'happy,sad' or 'all'")
+    return labels
+
+
+def parse_split(name: str) -> str:
+    for split in SPLITS:
+        if split.lower() == str(name).strip().lower():
+            return split
+    raise FERDataError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
+
+
+@dataclass(frozen=True)
+class FaceSet:
+    """Faces, their labels and their FER-2013 split, as parallel arrays."""
+
+    images: np.ndarray  # (N, 48, 48) uint8
+    labels: np.ndarray  # (N,) int64, 0..6
+    usage: np.ndarray  # (N,) int8, index into SPLITS
+    skipped: int = 0  # bad rows left out with skip_bad
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def split(self, name: str) -> FaceSet:
+        keep = self.usage == SPLITS.index(parse_split(name))
+        return FaceSet(self.images[keep], self.labels[keep], self.usage[keep])
+
+    def take(self, index: np.ndarray) -> FaceSet:
+        return FaceSet(self.images[index], self.labels[index], self.usage[index])
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def load_fer2013(path: str | os.PathLike, *, skip_bad: bool = False, use_cache: bool = True) -> FaceSet:
+    """Load FER-2013 from the Kaggle CSV (plain or .gz) or the image-folder release.
+
+    Bad rows are an error listing their line numbers unless ``skip_bad``; the decoded arrays are
+    cached (keyed by the source's size and modification time) so the next load is a memory map.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FERDataError(f"FER-2013 not found at {path}. {WHERE_TO_GET}")
+    cache = _cache_path(path, skip_bad) if use_cache else None
+    if cache is not None and cache.exists():
+        with np.load(cache) as saved:
+            return FaceSet(saved["images"], saved["labels"], saved["usage"], int(saved["skipped"]))
+    faces = _load_folder(path, skip_bad) if path.is_dir() else _load_csv(path, skip_bad)
+    if cache is not None:
+        _write_cache(cache, faces)
+    return faces
+
+
+def _report_bad(source: Path, bad: list[str], skip_bad: bool) -> None:
+    if not bad:
+        return
+    if not skip_bad:
+        listed = "\n  ".join(bad[:10])
+        more = f"\n  ... and {len(bad) - 10} more" if len(bad) > 10 else ""
+        raise FERDataError(
+            f"{source}: {len(bad)} bad row(s):\n  {listed}{more}\n(use --skip-bad to leave them out)"
+        )
+    print(f"{source}: skipped {len(bad)} bad row(s), e.g. {bad[0]}", file=sys.stderr)
+
+
+def _open_text(path: Path) -> io.TextIOBase:
+    with open(path, "rb") as probe:
+        gzipped = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
+
+
+def _load_csv(path: Path, skip_bad: bool) -> FaceSet:
+    n_pixels = IMAGE_SIZE * IMAGE_SIZE
+    images, labels, usage, bad = [], [], [], []
+    with _open_text(path) as handle:
+        reader = csv.reader(handle)
+        header = [name.strip().lower() for name in next(reader, [])]
+        if "emotion" not in header or "pixels" not in header:
+            raise FERDataError(
+                f"{path}: line 1 is {','.join(header)!r}; expected the header 'emotion,pixels,Usage'. {WHERE_TO_GET}"
+            )
+        col_emotion, col_pixels = header.index("emotion"), header.index("pixels")
+        col_usage = header.index("usage") if "usage" in header else None
+        for row in reader:
+            line = reader.line_num
+            if not row:
+                continue
+            if len(row) != len(header):
+                bad.append(f"line {line}: {len(row)} fields, expected {len(header)}")
+                continue
+            label = row[col_emotion].strip()
+            if not (label.isdigit() and int(label) < len(EMOTIONS)):
+                bad.append(f"line {line}: emotion {label!r} is not a label 0..{len(EMOTIONS) - 1}")
+                continue
+            split = row[col_usage].strip() if col_usage is not None else "Training"
+            if split not in SPLITS:
+                bad.append(f"line {line}: Usage {split!r} is not one of {', '.join(SPLITS)}")
+                continue
+            tokens = row[col_pixels].split()
+            if len(tokens) != n_pixels:
+                bad.append(f"line {line}: {len(tokens)} pixel values, expected {n_pixels}")
+                continue
+            try:
+                pixels = np.array(tokens, dtype=np.int32)
+            except ValueError:
+                bad.append(f"line {line}: pixels are not all integers")
+                continue
+            if pixels.min() < 0 or pixels.max() > 255:
+                bad.append(f"line {line}: pixel values outside 0..255")
+                continue
+            images.append(pixels.astype(np.uint8).reshape(IMAGE_SIZE, IMAGE_SIZE))
+            labels.append(int(label))
+            usage.append(SPLITS.index(split))
+    _report_bad(path, bad, skip_bad)
+    return _faceset(images, labels, usage, len(bad))
+
+
+def _folder_files(root: Path) -> list[tuple[Path, int, int]]:
+    """(file, label, split index) for train/<emotion>/* and test/<emotion>/*, in a stable order."""
+    found = []
+    for part, default_split in (("train", "Training"), ("test", "PublicTest")):
+        part_dir = next((d for d in root.iterdir() if d.is_dir() and d.name.lower() == part), None)
+        if part_dir is None:
+            continue
+        for emotion_dir in sorted(d for d in part_dir.iterdir() if d.is_dir()):
+            label = parse_emotion(emotion_dir.name)
+            for file in sorted(emotion_dir.iterdir()):
+                if file.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                prefix = file.name.split("_", 1)[0]
+                split = prefix if prefix in SPLITS else default_split
+                found.append((file, label, SPLITS.index(split)))
+    if not found:
+        raise FERDataError(f"{root}: no images under train/<emotion>/ or test/<emotion>/. {WHERE_TO_GET}")
+    found.sort(key=lambda item: (item[2], item[0].name))
+    return found
+
+
+def _load_folder(root: Path, skip_bad: bool) -> FaceSet:
+    from PIL import Image
+
+    images, labels, usage, bad = [], [], [], []
+    for file, label, split in _folder_files(root):
+        try:
+            with Image.open(file) as image:
+                pixels = np.asarray(image.convert("L"))
+        except (OSError, ValueError) as error:
+            bad.append(f"{file}: unreadable image ({error})")
+            continue
+        if pixels.shape != (IMAGE_SIZE, IMAGE_SIZE):
+            bad.append(f"{file}: size {pixels.shape[1]}x{pixels.shape[0]}, expected {IMAGE_SIZE}x{IMAGE_SIZE}")
+            continue
+        images.append(pixels)
+        labels.append(label)
+        usage.append(split)
+    _report_bad(root, bad, skip_bad)
+    return _faceset(images, labels, usage, len(bad))
+
+
+def _faceset(images: list, labels: list, usage: list, skipped: int) -> FaceSet:
+    return FaceSet(
+        np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray(usage, dtype=np.int8),
+        skipped,
+    )
+
+
+# ----------------------------------------------------------------------------- cache
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("EMODIFF_CACHE_DIR", Path.home() / ".cache" / "emodiff"))
+
+
+def _cache_path(source: Path, skip_bad: bool) -> Path:
+    """A cache file named by everything that would change the decoded arrays."""
+    source = source.resolve()
+    stats = [(str(source), source.stat().st_size, source.stat().st_mtime_ns)]
+    if source.is_dir():
+        stats += [(str(f), f.stat().st_size, f.stat().st_mtime_ns) for f, _, _ in _folder_files(source)]
+    key = hashlib.sha1(repr((CACHE_VERSION, skip_bad, stats)).encode()).hexdigest()[:16]
+    return cache_dir() / f"fer2013-{key}.npz"
+
+
+def _write_cache(cache: Path, faces: FaceSet) -> None:
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    partial = cache.with_suffix(f".{os.getpid()}.tmp")
+    with open(partial, "wb") as handle:
+        np.savez(handle, images=faces.images, labels=faces.labels, usage=faces.usage, skipped=faces.skipped)
+    os.replace(partial, cache)
+
+
+# ----------------------------------------------------------------------------- tensors
+
+
+def to_tensor(images: np.ndarray) -> torch.Tensor:
+    """uint8 (B, H, W) -> float (B, 1, H, W) in [-1, 1], the range every model here takes."""
+    return torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """float (B, 1, H, W) in [-1, 1] -> uint8 (B, H, W)."""
+    return images.detach().float().add(1.0).mul(127.5).round().clamp(0, 255).to(torch.uint8)[:, 0].cpu().numpy()
+
+
+def augment(
+    images: torch.Tensor,
+    generator: torch.Generator,
+    *,
+    flip: bool = True,
+    max_shift: float = 0.0,
+    max_rotate_deg: float = 0.0,
+    max_scale: float = 0.0,
+) -> torch.Tensor:
+    """Random horizontal flips and one random affine warp per image, all in one batched resample."""
+    batch = images.shape[0]
+    uniform = lambda: torch.rand(batch, generator=generator).mul(2).sub(1)  # noqa: E731  U(-1, 1)
+    flip_sign = torch.where(torch.rand(batch, generator=generator) < 0.5, -1.0, 1.0) if flip else torch.ones(batch)
+    if not (max_shift or max_rotate_deg or max_scale):
+        return torch.where(flip_sign.view(-1, 1, 1, 1) < 0, images.flip(-1), images)
+    angle = uniform() * math.radians(max_rotate_deg)
+    scale = 1.0 + uniform() * max_scale
+    shift = torch.stack([uniform(), uniform()], dim=1) * max_shift * 2  # grid units span 2
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack(
+        [torch.stack([cos * flip_sign, -sin, shift[:, 0]], 1), torch.stack([sin * flip_sign, cos, shift[:, 1]], 1)], 1
+    )
+    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)

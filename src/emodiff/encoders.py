@@ -1,0 +1,223 @@
+"""Semantic encoders (the paper's CNN classifier and VAE) and the independent judge.
+
+All three take images as float (B, 1, 48, 48) in [-1, 1] and share one interface:
+``encode(images) -> (B, code_dim)``. Each knows its own training loss and validation metrics so
+one training loop (``emodiff.training.train_encoder``) serves them all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+from torch import nn
+
+from .data import EMOTIONS, IMAGE_SIZE
+
+
+def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+
+
+class EmotionClassifier(ModelMixin, ConfigMixin):
+    """Shared classifier behaviour: cross-entropy training and accuracy, flip-averaged prediction."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images)
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
+        """Class probabilities averaged over the image and its mirror (faces are near-symmetric)."""
+        both = self.logits(torch.cat([images, images.flip(-1)])).float().softmax(-1)
+        return (both[: len(images)] + both[len(images) :]) / 2
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        logits = self.logits(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        probs = self.predict_proba(images)
+        return {
+            "loss": F.nll_loss(probs.clamp_min(1e-8).log(), labels).item(),
+            "accuracy": (probs.argmax(-1) == labels).float().mean().item(),
+        }
+
+
+class EmotionCNN(EmotionClassifier):
+    """The paper's CNN semantic encoder: a conv stack and an MLP; the code is the 2nd-to-last MLP layer."""
+
+    @register_to_config
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        hidden_dim: int = 512,
+        code_dim: int = 256,
+        num_classes: int = len(EMOTIONS),
+        dropout: float = 0.5,
+        label_smoothing: float = 0.1,
+        image_size: int = IMAGE_SIZE,
+    ):
+        super().__init__()
+        layers, channels = [], 1
+        for width in widths:
+            layers += [*_conv_bn_relu(channels, width), *_conv_bn_relu(width, width), nn.MaxPool2d(2)]
+            channels = width
+        self.features = nn.Sequential(*layers, nn.Flatten())
+        side = image_size // 2 ** len(widths)
+        self.mlp = nn.Sequential(
+            nn.Linear(channels * side * side, hidden_dim),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_dim, code_dim),
+            nn.ReLU(inplace=True),
+        )
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(code_dim, num_classes))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.features(images))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(images))
+
+
+class _ResidualBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            *_conv_bn_relu(c_in, c_out, stride), nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False), nn.BatchNorm2d(c_out)
+        )
+        self.skip = (
+            nn.Identity()
+            if stride == 1 and c_in == c_out
+            else nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.body(x) + self.skip(x))
+
+
+class EmotionJudge(EmotionClassifier):
+    """The evaluation classifier: a ResNet-18 layout (2-2-2-2 basic blocks) at full 48x48 resolution.
+
+    Written here rather than taken from timm because timm needs torchvision, which has no build
+    for this torch on the CPU machines. It only ever judges edits; nothing steers generation with it.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128, 256),
+        blocks: tuple[int, ...] = (2, 2, 2, 2),
+        num_classes: int = len(EMOTIONS),
+        dropout: float = 0.3,
+        label_smoothing: float = 0.1,
+    ):
+        super().__init__()
+        layers, channels = _conv_bn_relu(1, widths[0]), widths[0]
+        for stage, (width, count) in enumerate(zip(widths, blocks)):
+            for index in range(count):
+                layers.append(_ResidualBlock(channels, width, 2 if stage > 0 and index == 0 else 1))
+                channels = width
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(channels, num_classes))
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pooled features: the space the realism (Fréchet) distance is measured in."""
+        return self.features(images)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(images))
+
+
+class FaceVAE(ModelMixin, ConfigMixin):
+    """The paper's VAE semantic encoder: conv encoder -> (mu, logvar) -> conv decoder; the code is mu."""
+
+    @register_to_config
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128, 192),
+        code_dim: int = 128,
+        kl_weight: float = 0.5,
+        image_size: int = IMAGE_SIZE,
+    ):
+        super().__init__()
+        down, channels = [], 1
+        for width in widths:
+            down += [*_conv_bn_relu(channels, width, stride=2), *_conv_bn_relu(width, width)]
+            channels = width
+        self.side = image_size // 2 ** len(widths)
+        self.encoder = nn.Sequential(*down, nn.Flatten())
+        flat = channels * self.side * self.side
+        self.to_moments = nn.Linear(flat, 2 * code_dim)
+        self.from_code = nn.Linear(code_dim, flat)
+        up = []
+        for width in reversed(widths[:-1]):
+            up += [nn.Upsample(scale_factor=2, mode="nearest"), *_conv_bn_relu(channels, width), *_conv_bn_relu(width, width)]
+            channels = width
+        up += [nn.Upsample(scale_factor=2, mode="nearest"), *_conv_bn_relu(channels, widths[0]), nn.Conv2d(widths[0], 1, 3, 1, 1)]
+        self.decoder = nn.Sequential(*up)
+
+    def moments(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.to_moments(self.encoder(images)).chunk(2, dim=-1)
+        return mu, logvar.clamp(-30, 20)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        return self.moments(images)[0]
+
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        hidden = self.from_code(codes).view(len(codes), -1, self.side, self.side)
+        return self.decoder(hidden)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """Deterministic reconstruction (decode the mean)."""
+        return self.decode(self.encode(images))
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        mu, logvar = self.moments(images)
+        sample = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
+        squared_error = (self.decode(sample).float() - images).pow(2).flatten(1).sum(1).mean()
+        kl = (-0.5 * (1 + logvar - mu.pow(2) - logvar.exp())).float().sum(1).mean()
+        return squared_error + self.config.kl_weight * kl, {"kl": kl.item()}
+
+    @torch.no_grad()
+    def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
+        return {"psnr": psnr(self(images).clamp(-1, 1), images).mean().item()}
+
+
+def psnr(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB on the 0..255 scale, for images in [-1, 1]."""
+    mse = ((predicted.float() - target.float()) * 127.5).pow(2).flatten(1).mean(1)
+    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+
+
+ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge}
+SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
+
+
+def load_encoder(directory: str | Path) -> ModelMixin:
+    """Load an encoder from a model directory, or a shipped one by name (cnn, vae, judge).
+
+    The class comes from ``_class_name`` in config.json; weights load as float32 whatever their
+    stored precision (the shipped ones are fp16).
+    """
+    if str(directory) in ENCODER_CLASSES and not Path(directory).exists():
+        directory = SHIPPED_WEIGHTS / str(directory)
+    directory = Path(directory)
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"{directory}: not a model directory (no config.json)")
+    class_name = json.loads(config_file.read_text()).get("_class_name")
+    for cls in ENCODER_CLASSES.values():
+        if cls.__name__ == class_name:
+            return cls.from_pretrained(directory, torch_dtype=torch.float32).eval()
+    names = ", ".join(cls.__name__ for cls in ENCODER_CLASSES.values())
+    raise ValueError(f"{config_file}: _class_name {class_name!r} is not an encoder ({names})")

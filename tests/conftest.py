@@ -1,0 +1,60 @@
+"""Small FER-2013 fixtures made at test time: real data is never committed."""
+
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from emodiff.data import SPLITS
+
+REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013_train_public.csv.gz"
+
+
+def write_csv(path: Path, images: np.ndarray, labels, usage, extra_lines: list[str] = ()) -> Path:
+    lines = ["emotion,pixels,Usage"]
+    lines += [f"{l},{' '.join(map(str, img.ravel()))},{SPLITS[u]}" for img, l, u in zip(images, labels, usage)]
+    lines += list(extra_lines)
+    text = "\n".join(lines) + "\n"
+    if path.suffix == ".gz":
+        path.write_bytes(gzip.compress(text.encode()))
+    else:
+        path.write_text(text)
+    return path
+
+
+def synthetic_faces(n: int, seed: int = 0):
+    """Images whose brightness pattern depends on the label, so a classifier can learn something."""
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 7
+    yy, xx = np.mgrid[0:48, 0:48]
+    base = np.stack([(128 + 100 * np.sin((xx + 7 * l) / 6.0) * np.cos(yy / (3.0 + l))) for l in labels])
+    images = np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+    usage = np.where(np.arange(n) < int(n * 0.75), 0, 1)
+    return images, labels, usage
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("EMODIFF_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+@pytest.fixture
+def fer_csv(tmp_path) -> Path:
+    images, labels, usage = synthetic_faces(96)
+    return write_csv(tmp_path / "fer.csv", images, labels, usage)
+
+
+@pytest.fixture
+def real_sample_csv(tmp_path) -> Path:
+    """A few hundred rows of the real data set when it is beside the checkout."""
+    if not REAL_CSV.exists():
+        pytest.skip("real FER-2013 CSV not present")
+    with gzip.open(REAL_CSV, "rt") as handle:
+        lines = [next(handle) for _ in range(301)]
+    path = tmp_path / "real.csv"
+    path.write_text("".join(lines))
+    return path

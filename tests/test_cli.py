@@ -1,0 +1,111 @@
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emodiff.cli import build_parser, main
+from emodiff.data import EMOTIONS
+
+from .test_diffusion import tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tiny_pipeline("vae").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def face_files(tmp_path):
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(small)
+    large = tmp_path / "large.jpg"
+    Image.fromarray(rng.integers(0, 256, (120, 100, 3), dtype=np.uint8)).save(large)
+    return small, large
+
+
+def _edit(model_dir, out, *args):
+    return main(["edit", *map(str, args), "--out", str(out), "--model", str(model_dir), "--steps", "3", "--from", "sad"])
+
+
+def _no_partial_files(directory):
+    return not list(directory.rglob("*.tmp")) if directory.exists() else True
+
+
+def test_edit_writes_every_target_at_the_input_size_and_a_grid(model_dir, face_files, tmp_path):
+    small, large = face_files
+    out = tmp_path / "out"
+    assert _edit(model_dir, out, small, large, "--to", "all", "--grid") == 0
+    for emotion in EMOTIONS:
+        edited = Image.open(out / f"large_{emotion}.png")
+        assert edited.size == (100, 120) and edited.mode == "L"
+        assert Image.open(out / f"small_{emotion}.png").size == (48, 48)
+    assert (out / "small_grid.png").exists() and (out / "large_grid.png").exists()
+    assert _no_partial_files(out)
+
+
+def test_same_seed_gives_identical_files(model_dir, face_files, tmp_path):
+    small, _ = face_files
+    for name in ("a", "b"):
+        assert _edit(model_dir, tmp_path / name, small, "--to", "happy,fear", "--mode", "sdedit", "--seed", "5") == 0
+    for emotion in ("happy", "fear"):
+        assert (tmp_path / "a" / f"small_{emotion}.png").read_bytes() == (tmp_path / "b" / f"small_{emotion}.png").read_bytes()
+
+
+def test_unknown_emotion_lists_the_valid_names(model_dir, face_files, tmp_path, capsys):
+    assert _edit(model_dir, tmp_path / "out", face_files[0], "--to", "joyful") == 2
+    message = capsys.readouterr().err
+    assert "joyful" in message and all(name in message for name in EMOTIONS)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_and_unreadable_inputs_are_named_and_the_rest_edited(model_dir, face_files, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not a png")
+    out = tmp_path / "out"
+    status = _edit(model_dir, out, tmp_path / "missing.png", broken, face_files[0], "--to", "happy")
+    assert status != 0
+    err = capsys.readouterr().err
+    assert "missing.png" in err and "broken.png" in err
+    assert (out / "small_happy.png").exists()
+    assert sorted(p.name for p in out.iterdir()) == ["small_happy.png"]
+
+
+@pytest.mark.parametrize("option", [["--strength", "0"], ["--strength", "1.2"], ["--steps", "0"], ["--steps", "-3"]])
+def test_bad_strength_or_steps_are_refused_before_any_work(face_files, tmp_path, capsys, option):
+    out = tmp_path / "out"
+    # a model path that does not exist: refusing must happen before loading anything
+    status = main(["edit", str(face_files[0]), "--to", "happy", "--out", str(out), "--model", str(tmp_path / "nope"), *option])
+    assert status == 2
+    assert option[0].lstrip("-") in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_bad_model_dir_is_named(face_files, tmp_path, capsys):
+    status = main(["edit", str(face_files[0]), "--to", "happy", "--out", str(tmp_path / "o"), "--model", str(tmp_path)])
+    assert status == 2 and str(tmp_path) in capsys.readouterr().err
+
+
+def test_sample_writes_n_faces(model_dir, tmp_path):
+    out = tmp_path / "samples"
+    assert main(["sample", "--emotion", "Surprise", "-n", "3", "--out", str(out), "--model", str(model_dir), "--steps", "2"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"surprise_{i:03d}.png" for i in range(3)]
+
+
+@pytest.mark.parametrize("command", ["train-encoder", "train", "edit", "sample", "predict", "test-encoder", "export"])
+def test_every_option_has_help(command):
+    sub = build_parser()._subparsers._group_actions[0].choices[command]
+    for action in sub._actions:
+        if action.dest != "help":
+            assert action.help, f"{command} {action.option_strings or action.dest} has no help"
+
+
+def test_console_script_help_runs():
+    result = subprocess.run([sys.executable, "-m", "emodiff.cli", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for command in ("train-encoder", "train", "edit", "sample"):
+        assert command in result.stdout

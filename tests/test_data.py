@@ -1,0 +1,145 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from emodiff import data
+from emodiff.data import EMOTIONS, FERDataError, load_fer2013, parse_emotion, parse_emotions, parse_split
+
+from .conftest import synthetic_faces, write_csv
+
+
+def test_emotion_names_any_case_and_indices():
+    assert [parse_emotion(n) for n in EMOTIONS] == list(range(7))
+    assert parse_emotion("HaPpY") == 3
+    assert parse_emotion(" Surprise ") == 5
+    assert parse_emotion(4) == 4 and parse_emotion("6") == 6
+    assert parse_emotions("all") == list(range(7))
+    assert parse_emotions("sad,ANGRY") == [4, 0]
+
+
+@pytest.mark.parametrize("bad", ["joy", "7", "-1", ""])
+def test_unknown_emotion_lists_valid_names(bad):
+    with pytest.raises(FERDataError) as error:
+        parse_emotion(bad)
+    for name in EMOTIONS:
+        assert name in str(error.value)
+
+
+def test_split_names():
+    assert parse_split("publictest") == "PublicTest"
+    with pytest.raises(FERDataError, match="Training, PublicTest, PrivateTest"):
+        parse_split("validation")
+
+
+def test_csv_plain_and_gz_and_splits(tmp_path):
+    images, labels, usage = synthetic_faces(20)
+    usage[-3:] = 2  # PrivateTest rows must be accepted
+    plain = load_fer2013(write_csv(tmp_path / "a.csv", images, labels, usage))
+    zipped = load_fer2013(write_csv(tmp_path / "a.csv.gz", images, labels, usage))
+    for faces in (plain, zipped):
+        np.testing.assert_array_equal(faces.images, images)
+        np.testing.assert_array_equal(faces.labels, labels)
+        assert len(faces.split("PrivateTest")) == 3
+        assert len(faces.split("Training")) + len(faces.split("PublicTest")) == 17
+
+
+def test_csv_and_image_folder_give_identical_arrays(tmp_path):
+    images, labels, usage = synthetic_faces(28)
+    usage[20:24] = 2
+    from_csv = load_fer2013(write_csv(tmp_path / "fer.csv", images, labels, usage))
+    root = tmp_path / "folder"
+    for i, (img, label, split) in enumerate(zip(images, labels, usage)):
+        part = "train" if split == 0 else "test"
+        folder = root / part / EMOTIONS[label].capitalize()  # folder names in any case
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / f"{data.SPLITS[split]}_{i:05d}.png")
+    from_folder = load_fer2013(root)
+    assert len(from_folder) == len(from_csv)
+    for split in data.SPLITS:  # same images, same order within each split
+        np.testing.assert_array_equal(from_folder.split(split).images, from_csv.split(split).images)
+        np.testing.assert_array_equal(from_folder.split(split).labels, from_csv.split(split).labels)
+
+
+def test_image_folder_without_prefixes_uses_train_and_test(tmp_path):
+    images, labels, _ = synthetic_faces(4)
+    for i, part in enumerate(["train", "train", "test", "test"]):
+        folder = tmp_path / part / EMOTIONS[labels[i]]
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(images[i]).save(folder / f"im{i}.jpg", quality=95)
+    faces = load_fer2013(tmp_path)
+    assert len(faces.split("Training")) == 2 and len(faces.split("PublicTest")) == 2
+
+
+PIXELS = " ".join(["10"] * 2304)
+BAD_ROWS = {
+    "wrong pixel count": (f"3,{' '.join(['10'] * 2000)},Training", "2000 pixel values, expected 2304"),
+    "non-numeric": (f"3,{PIXELS[:-2]}xy,Training", "not all integers"),
+    "label out of range": (f"9,{PIXELS},Training", "emotion '9'"),
+    "unknown usage": (f"3,{PIXELS},Validation", "Usage 'Validation'"),
+    "pixel above 255": (f"3,{PIXELS[:-2]}300,Training", "outside 0..255"),
+}
+
+
+@pytest.mark.parametrize("kind", list(BAD_ROWS))
+def test_bad_row_is_reported_with_its_line_number(tmp_path, kind):
+    row, message = BAD_ROWS[kind]
+    images, labels, usage = synthetic_faces(5)
+    path = write_csv(tmp_path / "bad.csv", images, labels, usage, extra_lines=[row])
+    with pytest.raises(FERDataError) as error:
+        load_fer2013(path)
+    assert "line 7" in str(error.value)  # header + 5 good rows, then the bad one
+    assert message in str(error.value)
+    assert "--skip-bad" in str(error.value)
+    faces = load_fer2013(path, skip_bad=True)
+    assert len(faces) == 5 and faces.skipped == 1
+
+
+def test_missing_file_says_where_to_get_fer2013(tmp_path):
+    with pytest.raises(FERDataError) as error:
+        load_fer2013(tmp_path / "nowhere.csv")
+    assert "nowhere.csv" in str(error.value)
+    assert "kaggle" in str(error.value).lower() and "train/<emotion>" in str(error.value)
+
+
+def test_wrong_header_is_refused(tmp_path):
+    path = tmp_path / "x.csv"
+    path.write_text("a,b,c\n1,2,3\n")
+    with pytest.raises(FERDataError, match="line 1"):
+        load_fer2013(path)
+
+
+def test_cache_is_reused_and_invalidated(fer_csv, monkeypatch):
+    first = load_fer2013(fer_csv)
+    assert list(data.cache_dir().glob("fer2013-*.npz"))
+
+    def no_parse(*args, **kwargs):
+        raise AssertionError("the CSV was parsed again instead of read from the cache")
+
+    monkeypatch.setattr(data, "_load_csv", no_parse)
+    second = load_fer2013(fer_csv)
+    np.testing.assert_array_equal(first.images, second.images)
+    monkeypatch.undo()
+    # A changed file must not be served from the old cache.
+    images, labels, usage = synthetic_faces(10, seed=3)
+    write_csv(fer_csv, images, labels, usage)
+    assert len(load_fer2013(fer_csv)) == 10
+
+
+def test_real_rows_load(real_sample_csv):
+    faces = load_fer2013(real_sample_csv)
+    assert len(faces) == 300 and faces.images.dtype == np.uint8
+    assert set(np.unique(faces.labels)) <= set(range(7))
+
+
+def test_tensor_round_trip_and_augment_keeps_shape():
+    images, _, _ = synthetic_faces(8)
+    x = data.to_tensor(images)
+    assert x.shape == (8, 1, 48, 48) and x.min() >= -1 and x.max() <= 1
+    np.testing.assert_array_equal(data.to_uint8(x), images)
+    g = torch.Generator().manual_seed(0)
+    flipped = data.augment(x, g, flip=True)
+    for a, b in zip(flipped, x):  # each image is either itself or its mirror
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    warped = data.augment(x, torch.Generator().manual_seed(0), max_shift=0.1, max_rotate_deg=10, max_scale=0.1)
+    assert warped.shape == x.shape and not torch.equal(warped, x)

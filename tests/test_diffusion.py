@@ -1,0 +1,162 @@
+import numpy as np
+import pytest
+import torch
+
+from emodiff.denoiser import NULL_LABEL, EmotionDenoiser
+from emodiff.encoders import EmotionCNN, FaceVAE
+from emodiff.pipeline import EditSettings, EmotionEditPipeline, sampling_scheduler
+
+TINY = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
+
+
+def tiny_pipeline(cond="label", seed=0) -> EmotionEditPipeline:
+    torch.manual_seed(seed)
+    encoder = {"label": None, "cnn": EmotionCNN(), "vae": FaceVAE()}[cond]
+    code_dim = 0 if encoder is None else encoder.encode(torch.zeros(1, 1, 48, 48)).shape[1]
+    denoiser = EmotionDenoiser(cond=cond, code_dim=code_dim, **TINY)
+    return EmotionEditPipeline(denoiser, sampling_scheduler("ddim"), encoder, classifier=EmotionCNN().eval())
+
+
+def faces(n=2, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
+@pytest.mark.parametrize("cond, code_dim", [("label", 0), ("cnn", 256), ("vae", 128)])
+def test_condition_shapes_for_the_three_variants(cond, code_dim):
+    model = EmotionDenoiser(cond=cond, code_dim=code_dim, **TINY)
+    labels = torch.tensor([0, 3, NULL_LABEL])
+    codes = torch.randn(3, code_dim) if code_dim else None
+    condition = model.condition(labels, codes)
+    assert condition.shape == (3, 256)
+    if code_dim:  # concat(label embedding 128, Linear(code) 128)
+        assert model.label_embedding.embedding_dim == 128 and model.code_projection.out_features == 128
+        torch.testing.assert_close(condition[:, :128], model.label_embedding(labels))
+        dropped = model.condition(labels, codes, drop_code=torch.tensor([True, False, True]))
+        torch.testing.assert_close(dropped[0, 128:], model.null_code)
+        torch.testing.assert_close(dropped[1], condition[1])
+    else:
+        assert model.label_embedding.embedding_dim == 256
+    out = model(torch.randn(3, 1, 48, 48), torch.tensor([1, 500, 999]), labels, codes)
+    assert out.shape == (3, 1, 48, 48)
+
+
+def test_mismatched_condition_config_is_refused():
+    with pytest.raises(ValueError, match="code_dim"):
+        EmotionDenoiser(cond="vae", code_dim=0, **TINY)
+    with pytest.raises(ValueError, match="label, cnn, vae"):
+        EmotionDenoiser(cond="clip", code_dim=3, **TINY)
+
+
+def test_label_changes_the_prediction_and_null_label_is_its_own_embedding():
+    model = EmotionDenoiser(**TINY)
+    torch.nn.init.normal_(model.label_embedding.weight, std=1.0)
+    x, t = torch.randn(1, 1, 48, 48), torch.tensor([300])
+    outputs = [model(x, t, torch.tensor([label])) for label in (0, 3, NULL_LABEL)]
+    assert not torch.allclose(outputs[0], outputs[1]) and not torch.allclose(outputs[0], outputs[2])
+
+
+@pytest.mark.parametrize("cond", ["label", "vae"])
+def test_classifier_free_guidance_mixes_conditional_and_null(cond):
+    pipe = tiny_pipeline(cond).to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    x = torch.randn(2, 1, 48, 48)
+    labels = torch.tensor([3, 5])
+    codes = pipe._codes(x)
+    with torch.no_grad():
+        conditional = pipe._eps(x, 400, labels, codes, guidance=1.0)
+        null = pipe._eps(x, 400, torch.full_like(labels, NULL_LABEL), codes, guidance=1.0)
+        guided = pipe._eps(x, 400, labels, codes, guidance=4.0)
+        unguided = pipe._eps(x, 400, labels, codes, guidance=0.0)
+    torch.testing.assert_close(unguided, null, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(guided, null + 4.0 * (conditional - null), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("mode", ["paper", "sdedit", "invert"])
+def test_same_seed_same_edits(mode):
+    pipe = tiny_pipeline("vae")
+    settings = EditSettings(mode=mode, strength=0.5, steps=6, guidance=2.0)
+    a = pipe.edit_faces(faces(), [0, 3, 6], settings, seed=7)
+    b = pipe.edit_faces(faces(), [0, 3, 6], settings, seed=7)
+    assert a.shape == (2, 3, 48, 48) and a.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+    if mode != "invert":  # inversion is deterministic: the seed only matters for noised modes
+        assert not np.array_equal(a, pipe.edit_faces(faces(), [0, 3, 6], settings, seed=8))
+
+
+def test_a_face_edits_the_same_alone_or_in_a_batch():
+    pipe = tiny_pipeline("label")
+    settings = EditSettings(mode="sdedit", strength=0.6, steps=5)
+    batch = pipe.edit_faces(faces(3), [1, 4], settings, seed=3)
+    alone = pipe.edit_faces(faces(3)[1:2], [1, 4], settings, seed=3)
+    np.testing.assert_allclose(batch[1].astype(int), alone[0].astype(int), atol=2)
+
+
+class GaussianDenoiser(torch.nn.Module):
+    """The exact noise predictor for data ~ N(mean[label], std^2) per pixel: a true score model.
+
+    With it, DDIM inversion followed by decoding under the same label must converge to the input
+    as steps grow; a timestep misalignment between the two would leave an error floor instead.
+    """
+
+    uses_code = False
+
+    def __init__(self, alphas_cumprod: torch.Tensor, std: float = 0.5):
+        super().__init__()
+        self.register_buffer("alphas", alphas_cumprod.clone())
+        self.means = torch.nn.Parameter(torch.linspace(-0.6, 0.6, 8).view(8, 1, 1, 1), requires_grad=False)
+        self.std = std
+
+    def forward(self, x, timesteps, labels, codes=None):
+        a = self.alphas[timesteps].view(-1, 1, 1, 1)
+        return (1 - a).sqrt() * (x - a.sqrt() * self.means[labels]) / (a * self.std**2 + 1 - a)
+
+
+def test_inversion_then_decoding_with_the_same_label_reconstructs_better_with_more_steps():
+    scheduler = sampling_scheduler("ddim")
+    pipe = EmotionEditPipeline(GaussianDenoiser(scheduler.alphas_cumprod), scheduler).to("cpu", bf16=False)
+    x = faces(2, seed=1)
+    errors = []
+    for steps in (5, 20, 80):
+        settings = EditSettings(mode="invert", strength=0.9, steps=steps, guidance=1.0)
+        out = pipe.edit_faces(x, [3], settings, source_labels=[3, 3])[:, 0]
+        errors.append(np.abs(out.astype(float) - x).mean())
+    assert errors[0] > errors[1] > errors[2], errors
+    assert errors[2] < 1.0, errors  # gray levels
+    # decoding under another label does change the face: the label is what edits
+    other = pipe.edit_faces(x, [6], EditSettings(mode="invert", strength=0.9, steps=80, guidance=1.0), source_labels=[3, 3])
+    assert np.abs(other[:, 0].astype(float) - x).mean() > 10 * errors[2]
+
+
+def test_pipeline_save_load_round_trip(tmp_path):
+    pipe = tiny_pipeline("cnn")
+    pipe.save_pretrained(tmp_path)
+    loaded = EmotionEditPipeline.from_pretrained(tmp_path, device="cpu")
+    assert loaded.denoiser.config.cond == "cnn" and isinstance(loaded.encoder, EmotionCNN)
+    settings = EditSettings(mode="sdedit", strength=0.5, steps=4)
+    loaded._classifier = pipe._classifier
+    np.testing.assert_array_equal(
+        pipe.edit_faces(faces(), [2], settings, seed=1), loaded.edit_faces(faces(), [2], settings, seed=1)
+    )
+
+
+def test_public_edit_and_sample_api_take_pil_and_arrays():
+    from PIL import Image
+
+    pipe = tiny_pipeline("label")
+    pipe.scheduler = sampling_scheduler("dpm", pipe.scheduler)  # swapped the diffusers way
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 64, 3), dtype=np.uint8))
+    one = pipe.edit(image, "happy", steps=4, source="sad")
+    assert isinstance(one, Image.Image) and one.size == (64, 80) and one.mode == "L"
+    many = pipe.edit([image, np.asarray(image.convert("L"))], ["angry", 5], steps=4, source="sad")
+    assert len(many) == 2 and len(many[0]) == 2
+    samples = pipe.sample("surprise", 3, steps=3)
+    assert len(samples) == 3 and samples[0].size == (48, 48)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper")],
+)
+def test_bad_edit_settings_are_refused(overrides, message):
+    with pytest.raises(ValueError, match=message):
+        EditSettings(**overrides)

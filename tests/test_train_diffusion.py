@@ -1,0 +1,75 @@
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emodiff.encoders import FaceVAE
+from emodiff.pipeline import EmotionEditPipeline
+from emodiff.training import CHECKPOINT, DiffusionTrainConfig, train_diffusion
+
+TINY = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
+
+
+@pytest.fixture(scope="module")
+def vae_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("vae")
+    torch.manual_seed(0)
+    FaceVAE().save_pretrained(path)
+    return path
+
+
+def _config(data, out, **overrides):
+    settings = dict(cond="label", data=str(data), out=str(out), images=16 * 8, batch_size=16, device="cpu", log_every=2, **TINY)
+    settings.update(overrides)
+    return DiffusionTrainConfig(**settings)
+
+
+def test_training_writes_a_usable_model_dir(fer_csv, tmp_path, vae_dir):
+    out = tmp_path / "vae-run"
+    result = train_diffusion(_config(fer_csv, out, cond="vae", encoder=str(vae_dir), min_snr_gamma=5.0))
+    assert result["step"] == 8 and result["images_seen"] == 128
+    for path in ("denoiser/config.json", "encoder/config.json", "scheduler/scheduler_config.json", "metrics.csv",
+                 "training_config.json", CHECKPOINT):
+        assert (out / path).exists(), path
+    assert list((out / "samples").glob("*.png"))
+    pipe = EmotionEditPipeline.from_pretrained(out, device="cpu")
+    assert pipe.denoiser.config.cond == "vae" and pipe.denoiser.config.code_dim == 128
+
+
+def test_wrong_encoder_kind_is_refused(fer_csv, tmp_path, vae_dir):
+    with pytest.raises(ValueError, match="EmotionCNN"):
+        train_diffusion(_config(fer_csv, tmp_path / "x", cond="cnn", encoder=str(vae_dir)))
+
+
+@pytest.mark.parametrize("cond", ["label", "vae"])
+def test_resume_equals_uninterrupted_training(fer_csv, tmp_path, vae_dir, cond):
+    encoder = None if cond == "label" else str(vae_dir)
+    train_diffusion(_config(fer_csv, tmp_path / "full", cond=cond, encoder=encoder))
+    parted = tmp_path / "parted"
+    assert train_diffusion(_config(fer_csv, parted, cond=cond, encoder=encoder, stop_at_step=3))["step"] == 3
+    assert train_diffusion(_config(fer_csv, parted, cond=cond, encoder=encoder, resume=True))["step"] == 8
+    full, resumed = load_file(str(tmp_path / "full" / CHECKPOINT)), load_file(str(parted / CHECKPOINT))
+    assert full.keys() == resumed.keys() and any(k.startswith("ema.") for k in full)
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=1e-4, atol=1e-6, msg=key)
+
+
+@pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
+def test_distributed_training_with_two_cpu_processes(fer_csv, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        "accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+        "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "emodiff.cli", "train", "--cond", "label",
+        "--data", str(fer_csv), "--out", str(out), "--images", "128", "--batch-size", "16",
+        "--channels", "16,32", "--layers-per-block", "1", "--device", "cpu",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    result = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 processes (MULTI_CPU)" in result.stdout
+    assert result.stdout.count("saved in") == 1  # only the main process reports
+    assert (out / "denoiser" / "diffusion_pytorch_model.safetensors").exists()

@@ -1,0 +1,59 @@
+import csv
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from emodiff.encoders import load_encoder
+from emodiff.training import CHECKPOINT, EncoderTrainConfig, train_encoder
+
+
+def _config(data, out, **overrides):
+    settings = dict(kind="cnn", data=str(data), out=str(out), epochs=2, batch_size=16, device="cpu", seed=1)
+    settings.update(overrides)
+    return EncoderTrainConfig(**settings)
+
+
+def _rows(out):
+    with open(out / "metrics.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vae", "judge"])
+def test_train_writes_model_metrics_and_checkpoint(fer_csv, tmp_path, kind):
+    out = tmp_path / kind
+    result = train_encoder(_config(fer_csv, out, kind=kind, epochs=1))
+    assert result["step"] == result["total_steps"] == 72 // 16
+    assert (out / "config.json").exists() and (out / CHECKPOINT).exists()
+    rows = _rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1]
+    metric = "val_psnr" if kind == "vae" else "val_accuracy"
+    assert float(rows[0][metric]) > 0
+    assert load_encoder(out).encode(torch.zeros(1, 1, 48, 48)).ndim == 2
+    if kind == "vae":
+        assert (out / "reconstructions.png").exists()
+
+
+@pytest.mark.parametrize("kind", ["cnn", "vae"])
+def test_resume_continues_from_the_saved_step_and_matches_uninterrupted(fer_csv, tmp_path, kind):
+    full = tmp_path / "full"
+    train_encoder(_config(fer_csv, full, kind=kind))
+
+    parted = tmp_path / "parted"
+    first = train_encoder(_config(fer_csv, parted, kind=kind, stop_at_step=3))
+    assert first["step"] == 3
+    with pytest.raises(FileExistsError, match="--resume"):
+        train_encoder(_config(fer_csv, parted, kind=kind))
+    second = train_encoder(_config(fer_csv, parted, kind=kind, resume=True))
+    assert second["step"] == 8
+    assert [int(r["step"]) for r in _rows(parted)] == [4, 8]
+
+    a, b = load_file(str(full / CHECKPOINT)), load_file(str(parted / CHECKPOINT))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
+
+
+def test_unknown_kind_is_refused(fer_csv, tmp_path):
+    with pytest.raises(ValueError, match="cnn, vae, judge"):
+        train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))
