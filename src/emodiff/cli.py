@@ -9,6 +9,26 @@ from pathlib import Path
 from .data import EMOTIONS, FERDataError
 
 
+def _add_edit_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by edit, evaluate and sweep."""
+    from .pipeline import MODES, SCHEDULERS, EditSettings
+
+    defaults = EditSettings()
+    parser.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
+    parser.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
+    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"sampler steps over the full T (default: {defaults.steps})")
+    parser.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
+    parser.add_argument("--guidance", type=float, default=defaults.guidance, help=f"classifier-free guidance scale on the label (default: {defaults.guidance})")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
+
+
+def _float_list(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto = cuda if available)"
@@ -129,6 +149,78 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _command_line() -> str:
+    import shlex
+
+    return "emodiff " + shlex.join(sys.argv[1:])
+
+
+def _evaluation_inputs(args: argparse.Namespace):
+    """Everything evaluate and sweep need, loaded after every option has been checked."""
+    from .data import load_fer2013
+    from .encoders import EmotionJudge, load_encoder
+    from .evaluation import IdentityModel, sample_inputs
+
+    if args.per_class <= 0:
+        raise ValueError(f"--per-class must be positive, got {args.per_class}")
+    judge = load_encoder(args.judge)
+    if not isinstance(judge, EmotionJudge):
+        raise ValueError(f"--judge {args.judge}: a {type(judge).__name__}, expected an EmotionJudge")
+    split = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
+    if len(split) == 0:
+        raise ValueError(f"{args.data}: no {args.split} rows to evaluate on")
+    return sample_inputs(split, args.per_class, args.seed), split, judge, IdentityModel()
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .editing import load_pipeline
+    from .evaluation import evaluate_editor, write_report
+    from .pipeline import EditSettings
+
+    settings = EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance)
+    pipeline = load_pipeline(args.model, args.scheduler, args.device)
+    inputs, split, judge, identity = _evaluation_inputs(args)
+    editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
+    evaluation = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split)
+    title = f"Evaluation of {args.model or 'the shipped model'} on {args.split}"
+    write_report(evaluation, Path(args.out), title, _command_line())
+    m = evaluation.metrics
+    print(f"macro F1 {m['emotion']['macro_f1']:.3f} (real inputs {m['real_inputs']['macro_f1']:.3f}), identity kept "
+          f"{m['identity']['kept_fraction']:.0%}, median distance {m['identity']['median_distance']:.3f}; report in {args.out}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    import itertools
+    import json
+
+    from .editing import load_pipeline
+    from .evaluation import choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
+    from .files import atomic_write
+    from .pipeline import EditSettings
+
+    grid = []
+    for mode, guidance in itertools.product(args.modes, args.guidances):
+        for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
+            grid.append(EditSettings(mode=mode, strength=strength, steps=args.steps, guidance=guidance))
+    models = args.model or [None]
+    pipelines = {m or "shipped": load_pipeline(m, args.scheduler, args.device) for m in models}
+    inputs, split, judge, identity = _evaluation_inputs(args)
+    rows = []
+    for (name, pipeline), settings in itertools.product(pipelines.items(), grid):
+        print(f"{name}: {settings}", flush=True)
+        editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
+        metrics = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split, progress=False).metrics
+        rows.append(summary_row(name, settings, metrics))
+    chosen, rule = choose_setting(rows)
+    out = Path(args.out)
+    atomic_write(out / "sweep.json", lambda t: t.write_text(json.dumps({"rows": rows, "chosen": chosen, "rule": rule}, indent=2)))
+    atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line())))
+    sweep_plot(rows, chosen, out / "sweep.png")
+    print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
+    return 0
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
@@ -136,6 +228,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .pipeline import SCHEDULERS
+
     parser = argparse.ArgumentParser(
         prog="emodiff",
         description="Change the facial expression of a face with a conditional diffusion model (FER-2013).",
@@ -198,9 +292,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(train_dm)
     train_dm.set_defaults(handler=_cmd_train)
 
-    from .pipeline import MODES, SCHEDULERS, EditSettings
-
-    defaults = EditSettings()
     edit = commands.add_parser(
         "edit",
         help="change the expression of face images to chosen emotions",
@@ -214,13 +305,8 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
     edit.add_argument("--out", required=True, help="output directory")
     edit.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    edit.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
-    edit.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
-    edit.add_argument("--steps", type=int, default=defaults.steps, help=f"sampler steps over the full T (default: {defaults.steps})")
-    edit.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
-    edit.add_argument("--guidance", type=float, default=defaults.guidance, help=f"classifier-free guidance scale on the label (default: {defaults.guidance})")
+    _add_edit_options(edit)
     edit.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
-    edit.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
     edit.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
     edit.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
     _add_device(edit)
@@ -265,6 +351,47 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("out", help="directory to write")
     export.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
     export.set_defaults(handler=_cmd_export)
+
+    def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
+        parser.add_argument("--split", default="PublicTest", type=_split, help="split to take inputs from (default: PublicTest)")
+        parser.add_argument("--per-class", type=int, default=20, help="inputs per source emotion, drawn with --seed (default: 20)")
+        parser.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
+        parser.add_argument("--out", required=True, help="output directory")
+        parser.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+        _add_device(parser)
+
+    evaluate = commands.add_parser(
+        "evaluate",
+        help="measure edits: judge F1 per emotion, identity kept, realism, change and speed",
+        description="Take --per-class inputs of every source emotion from --split, edit each to all 7 emotions and "
+        "measure: the judge's precision/recall/F1 per target (the paper's Table 1) and macro F1, beside the judge's "
+        "F1 on the real inputs; dlib face-descriptor distance to the input (identity kept: < 0.6), SSIM and PSNR; "
+        "Fréchet distance in judge features to real faces of the target emotion; mean pixel change; time per face. "
+        "Writes OUT/report.md, OUT/metrics.json, OUT/grid.png and OUT/confusion.png.",
+    )
+    evaluate.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    add_evaluation_options(evaluate)
+    _add_edit_options(evaluate)
+    evaluate.set_defaults(handler=_cmd_evaluate)
+
+    sweep = commands.add_parser(
+        "sweep",
+        help="evaluate a grid of edit settings and choose the best one",
+        description="Run the evaluate measures over every combination of --modes, --strengths and --guidances (paper "
+        "mode ignores strength) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
+        "(macro F1 against identity kept, one curve per model and mode). The chosen setting is the best macro F1 "
+        "among those keeping >= 90%% of edits under the 0.6 identity distance, else the best F1 x identity kept.",
+    )
+    sweep.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
+    sweep.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert", "sdedit"), help="comma-separated modes (default: invert,sdedit)")
+    sweep.add_argument("--strengths", type=_float_list, default=(0.5, 0.7, 0.9), help="comma-separated strengths (default: 0.5,0.7,0.9)")
+    sweep.add_argument("--guidances", type=_float_list, default=(1.0, 3.0, 5.0), help="comma-separated guidance scales (default: 1,3,5)")
+    sweep.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
+    sweep.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
+    sweep.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
+    add_evaluation_options(sweep)
+    sweep.set_defaults(handler=_cmd_sweep)
 
     predict = commands.add_parser(
         "predict",

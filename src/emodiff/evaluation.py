@@ -1,0 +1,353 @@
+"""Measuring edits the way a user judges them: emotion, identity, realism and how much changed.
+
+- emotion: the independent judge classifies every edit; per-target precision/recall/F1 (the rows of
+  the paper's Table 1) and macro F1, beside the judge's F1 on the real inputs;
+- identity: dlib's ResNet face descriptor distance between each edit and its input (same person
+  below 0.6), plus SSIM and PSNR to the input;
+- realism: Fréchet distance between judge features of the edits and of real faces of the target
+  emotion (Inception weights cannot be downloaded here, so the features are the judge's);
+- change: mean absolute pixel change, so a do-nothing edit cannot look good.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+
+from .data import EMOTIONS, FaceSet, to_tensor
+from .encoders import EmotionJudge
+from .files import atomic_write, save_image
+
+IDENTITY_THRESHOLD = 0.6
+Editor = Callable[[np.ndarray, list[int]], np.ndarray]  # uint8 (B, 48, 48), targets -> uint8 (B, T, 48, 48)
+
+
+# ----------------------------------------------------------------------------- identity
+
+
+class IdentityModel:
+    """dlib's face-recognition ResNet on FER crops: upsampled to 150x150, the whole image as the
+    face box, 5-point landmarks; descriptors 128-d, same person below 0.6."""
+
+    def __init__(self):
+        import dlib
+
+        # Locate the weights without importing face_recognition_models: its __init__ needs pkg_resources.
+        spec = importlib.util.find_spec("face_recognition_models")
+        if spec is None:
+            raise ImportError("identity scores need the face_recognition_models package: pip install face_recognition_models")
+        models = Path(spec.submodule_search_locations[0]) / "models"
+        self._landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._network = dlib.face_recognition_model_v1(str(models / "dlib_face_recognition_resnet_model_v1.dat"))
+        self._box = dlib.rectangle(0, 0, 149, 149)
+
+    def descriptors(self, faces: np.ndarray) -> np.ndarray:
+        from PIL import Image
+
+        import dlib
+
+        images = [np.asarray(Image.fromarray(face).resize((150, 150), Image.BICUBIC).convert("RGB")) for face in faces]
+        shapes = [dlib.full_object_detections([self._landmarks(image, self._box)]) for image in images]
+        per_image = self._network.compute_face_descriptor(images, shapes)  # one batched call
+        return np.asarray([list(descriptors[0]) for descriptors in per_image], dtype=np.float64).reshape(len(faces), 128)
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.linalg.norm(self.descriptors(a) - self.descriptors(b), axis=1)
+
+
+# ----------------------------------------------------------------------------- realism
+
+
+class _JudgeFeatures(torch.nn.Module):
+    """The judge's pooled features for torchmetrics' FID, which hands over images in [0, 1]."""
+
+    def __init__(self, judge: EmotionJudge):
+        super().__init__()
+        self.judge = judge
+        self.num_features = judge.config.widths[-1]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.judge.encode(images.float() * 2 - 1).double()
+
+
+def frechet_distance(judge: EmotionJudge, real: np.ndarray, generated: np.ndarray) -> float:
+    """Fréchet distance between judge-feature Gaussians of two uint8 (N, 48, 48) sets."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    metric = FrechetInceptionDistance(feature=_JudgeFeatures(judge.eval()), normalize=True)
+    with torch.no_grad():
+        metric.update((to_tensor(real) + 1) / 2, real=True)
+        metric.update((to_tensor(generated) + 1) / 2, real=False)
+        return float(metric.compute())
+
+
+# ----------------------------------------------------------------------------- emotion
+
+
+def emotion_scores(true: np.ndarray, predicted: np.ndarray) -> dict:
+    """Per-emotion precision/recall/F1 (scikit-learn), macro F1 and the confusion matrix."""
+    labels = list(range(len(EMOTIONS)))
+    precision, recall, f1, support = precision_recall_fscore_support(true, predicted, labels=labels, zero_division=0)
+    return {
+        "precision": dict(zip(EMOTIONS, precision.tolist())),
+        "recall": dict(zip(EMOTIONS, recall.tolist())),
+        "f1": dict(zip(EMOTIONS, f1.tolist())),
+        "support": dict(zip(EMOTIONS, support.tolist())),
+        "macro_f1": float(f1_score(true, predicted, labels=labels, average="macro", zero_division=0)),
+        "confusion": confusion_matrix(true, predicted, labels=labels).tolist(),
+    }
+
+
+@torch.no_grad()
+def judge_labels(judge: EmotionJudge, faces: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    device = next(judge.parameters()).device
+    return np.concatenate(
+        [judge.predict_proba(to_tensor(faces[i : i + batch_size]).to(device)).argmax(-1).cpu().numpy()
+         for i in range(0, len(faces), batch_size)]
+    )
+
+
+# ----------------------------------------------------------------------------- the evaluation
+
+
+def sample_inputs(faces: FaceSet, per_class: int, seed: int = 0) -> FaceSet:
+    """Up to ``per_class`` faces of each source emotion, drawn with a fixed seed, in label order."""
+    rng = np.random.default_rng(seed)
+    picks = [
+        rng.choice(np.flatnonzero(faces.labels == label), size=min(per_class, int((faces.labels == label).sum())), replace=False)
+        for label in range(len(EMOTIONS))
+    ]
+    return faces.take(np.concatenate([np.sort(p) for p in picks]))
+
+
+@dataclass
+class EditEvaluation:
+    inputs: FaceSet
+    edits: np.ndarray  # uint8 (N, 7, 48, 48)
+    metrics: dict
+
+
+def evaluate_editor(
+    editor: Editor,
+    inputs: FaceSet,
+    judge: EmotionJudge,
+    identity: IdentityModel,
+    reference: FaceSet,
+    batch_size: int = 20,
+    progress: bool = True,
+) -> EditEvaluation:
+    """Edit every input to all 7 emotions and measure the edits (see the module docstring)."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+    from tqdm.auto import tqdm
+
+    targets = list(range(len(EMOTIONS)))
+    edits, seconds = [], 0.0
+    for start in tqdm(range(0, len(inputs), batch_size), desc="editing", disable=not progress):
+        began = time.perf_counter()
+        edits.append(editor(inputs.images[start : start + batch_size], targets))
+        seconds += time.perf_counter() - began
+    edits = np.concatenate(edits)
+    count, per_face = edits.shape[:2]
+    flat_edits = edits.reshape(-1, *edits.shape[2:])
+    flat_inputs = np.repeat(inputs.images, per_face, axis=0)
+    flat_targets = np.tile(targets, count)
+
+    judged = judge_labels(judge, flat_edits)
+    input_descriptors = identity.descriptors(inputs.images)
+    edit_descriptors = identity.descriptors(flat_edits)
+    distances = np.linalg.norm(edit_descriptors - np.repeat(input_descriptors, per_face, axis=0), axis=1)
+    a, b = (to_tensor(flat_edits) + 1) / 2, (to_tensor(flat_inputs) + 1) / 2
+    ssim = structural_similarity_index_measure(a, b, data_range=1.0, reduction="none")
+    psnr = peak_signal_noise_ratio(a, b, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    change = np.abs(flat_edits.astype(np.float64) - flat_inputs).mean(axis=(1, 2))
+    realism = {
+        EMOTIONS[t]: frechet_distance(judge, reference.images[reference.labels == t], flat_edits[flat_targets == t])
+        for t in targets
+        if (reference.labels == t).sum() >= 2 and (flat_targets == t).sum() >= 2
+    }
+    per_target = {
+        EMOTIONS[t]: {
+            "identity_median": float(np.median(distances[flat_targets == t])),
+            "identity_kept": float(np.mean(distances[flat_targets == t] < IDENTITY_THRESHOLD)),
+            "change": float(change[flat_targets == t].mean()),
+        }
+        for t in targets
+    }
+    metrics = {
+        "inputs": int(count),
+        "edits": int(len(flat_edits)),
+        "emotion": emotion_scores(flat_targets, judged),
+        "real_inputs": emotion_scores(inputs.labels, judge_labels(judge, inputs.images)),
+        "identity": {
+            "median_distance": float(np.median(distances)),
+            "kept_fraction": float(np.mean(distances < IDENTITY_THRESHOLD)),
+            "threshold": IDENTITY_THRESHOLD,
+            "ssim": float(ssim.mean()),
+            "psnr": float(psnr[torch.isfinite(psnr)].mean()) if torch.isfinite(psnr).any() else float("inf"),
+        },
+        "realism": {"frechet_judge_features": realism, "mean": float(np.mean(list(realism.values()))) if realism else None},
+        "change": {"mean_abs_pixel": float(change.mean())},
+        "per_target": per_target,
+        "seconds_per_input": seconds / max(count, 1),
+    }
+    return EditEvaluation(inputs, edits, metrics)
+
+
+# ----------------------------------------------------------------------------- reports
+
+
+def markdown_report(metrics: dict, title: str, command: str | None = None) -> str:
+    emotion, real = metrics["emotion"], metrics["real_inputs"]
+    lines = [f"# {title}", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        f"{metrics['inputs']} inputs, each edited to all 7 emotions ({metrics['edits']} edits); "
+        f"{metrics['seconds_per_input']:.3f} s per input face.",
+        "",
+        "| target | precision | recall | F1 | judge F1 on real inputs | identity kept (<0.6) | median identity distance | Fréchet (judge features) | mean pixel change |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    realism = metrics["realism"]["frechet_judge_features"]
+    for name in EMOTIONS:
+        target = metrics["per_target"][name]
+        fd = f"{realism[name]:.2f}" if name in realism else "–"
+        lines.append(
+            f"| {name} | {emotion['precision'][name]:.2f} | {emotion['recall'][name]:.2f} | {emotion['f1'][name]:.2f} "
+            f"| {real['f1'][name]:.2f} | {target['identity_kept']:.0%} | {target['identity_median']:.3f} | {fd} | {target['change']:.1f} |"
+        )
+    identity = metrics["identity"]
+    mean_fd = metrics["realism"]["mean"]
+    mean_fd_text = "–" if mean_fd is None else f"{mean_fd:.2f}"
+    lines += [
+        f"| **all** | | | **{emotion['macro_f1']:.3f}** (macro) | {real['macro_f1']:.3f} (macro) "
+        f"| **{identity['kept_fraction']:.0%}** | {identity['median_distance']:.3f} | {mean_fd_text} "
+        f"| {metrics['change']['mean_abs_pixel']:.1f} |",
+        "",
+        f"SSIM to the input {identity['ssim']:.3f}, PSNR {identity['psnr']:.2f} dB. Identity: dlib ResNet face "
+        "descriptor distance between edit and input (150x150 upsample, whole image as the face box, "
+        "5-point landmarks; same person below 0.6). Realism: Fréchet distance between judge features of "
+        "the edits and of the split's real faces of the target emotion — a Fréchet distance in FER "
+        "features, since Inception weights cannot be downloaded here; lower is better, compare only "
+        "within this report's judge.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_figures(evaluation: EditEvaluation, out: Path) -> None:
+    """A grid of one input per source emotion x its 7 edits, and the target-vs-judged confusion matrix."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .grid import labelled_grid
+
+    rows = [int(np.flatnonzero(evaluation.inputs.labels == label)[0]) for label in range(len(EMOTIONS)) if (evaluation.inputs.labels == label).any()]
+    cells = np.concatenate([evaluation.inputs.images[rows][:, None], evaluation.edits[rows]], axis=1)
+    grid = labelled_grid(cells, [f"{EMOTIONS[evaluation.inputs.labels[r]]} input" for r in rows], ["input", *EMOTIONS])
+    save_image(grid, out / "grid.png")
+
+    matrix = np.asarray(evaluation.metrics["emotion"]["confusion"], dtype=float)
+    matrix = matrix / matrix.sum(axis=1, keepdims=True).clip(min=1)
+    figure, axes = plt.subplots(figsize=(5.5, 4.5))
+    image = axes.imshow(matrix, cmap="Blues", vmin=0, vmax=1)
+    axes.set_xticks(range(7), EMOTIONS, rotation=45, ha="right")
+    axes.set_yticks(range(7), EMOTIONS)
+    axes.set_xlabel("judged emotion")
+    axes.set_ylabel("target emotion")
+    for i in range(7):
+        for j in range(7):
+            axes.text(j, i, f"{matrix[i, j]:.2f}", ha="center", va="center", fontsize=7, color="white" if matrix[i, j] > 0.5 else "black")
+    figure.colorbar(image)
+    figure.tight_layout()
+    atomic_write(out / "confusion.png", lambda temp: figure.savefig(temp, format="png", dpi=120))
+    plt.close(figure)
+
+
+def write_report(evaluation: EditEvaluation, out: Path, title: str, command: str | None = None) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write(out / "metrics.json", lambda temp: temp.write_text(json.dumps(evaluation.metrics, indent=2)))
+    atomic_write(out / "report.md", lambda temp: temp.write_text(markdown_report(evaluation.metrics, title, command)))
+    write_figures(evaluation, out)
+
+
+# ----------------------------------------------------------------------------- sweep
+
+
+def choose_setting(rows: list[dict], min_identity: float = 0.9) -> tuple[dict, str]:
+    """Best macro F1 among settings keeping >= ``min_identity`` of edits the same person; if none
+    reaches that, the best product macro F1 x identity kept. Returns the row and the rule used."""
+    keeping = [r for r in rows if r["identity_kept"] >= min_identity]
+    if keeping:
+        return max(keeping, key=lambda r: r["macro_f1"]), f"best macro F1 with >= {min_identity:.0%} of edits under {IDENTITY_THRESHOLD}"
+    return max(rows, key=lambda r: r["macro_f1"] * r["identity_kept"]), (
+        f"no setting keeps {min_identity:.0%} of edits under {IDENTITY_THRESHOLD}: best macro F1 x identity kept"
+    )
+
+
+def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None = None) -> str:
+    lines = ["# Edit-settings sweep", ""]
+    if command:
+        lines += ["```", command, "```", ""]
+    lines += [
+        "| model | mode | strength | guidance | steps | macro F1 | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        mark = " **(chosen)**" if r is chosen else ""
+        fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
+        lines.append(
+            f"| {r['model']}{mark} | {r['mode']} | {r['strength']} | {r['guidance']} | {r['steps']} | {r['macro_f1']:.3f} "
+            f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {r['seconds_per_input']:.3f} |"
+        )
+    lines += ["", f"Choice rule: {rule}."]
+    return "\n".join(lines) + "\n"
+
+
+def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
+    """Macro F1 against identity kept, one curve per model and mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6.5, 4.5))
+    for key in dict.fromkeys((r["model"], r["mode"]) for r in rows):
+        curve = sorted((r for r in rows if (r["model"], r["mode"]) == key), key=lambda r: r["identity_kept"])
+        axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o-", label=f"{key[0]} / {key[1]}")
+        for r in curve:
+            axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
+    axes.scatter([chosen["identity_kept"]], [chosen["macro_f1"]], s=160, facecolors="none", edgecolors="red", label="chosen")
+    axes.axvline(0.9, color="gray", linestyle=":", linewidth=1)
+    axes.set_xlabel(f"identity kept (fraction of edits with dlib distance < {IDENTITY_THRESHOLD})")
+    axes.set_ylabel("macro F1 of the judge on the edits")
+    axes.legend(fontsize=7)
+    axes.grid(alpha=0.3)
+    figure.tight_layout()
+    atomic_write(path, lambda temp: figure.savefig(temp, format="png", dpi=120))
+    plt.close(figure)
+
+
+def summary_row(model: str, settings, metrics: dict) -> dict:
+    return {
+        "model": model,
+        "mode": settings.mode,
+        "strength": settings.strength,
+        "guidance": settings.guidance,
+        "steps": settings.steps,
+        "macro_f1": metrics["emotion"]["macro_f1"],
+        "identity_kept": metrics["identity"]["kept_fraction"],
+        "identity_median": metrics["identity"]["median_distance"],
+        "frechet": metrics["realism"]["mean"],
+        "change": metrics["change"]["mean_abs_pixel"],
+        "seconds_per_input": metrics["seconds_per_input"],
+    }

@@ -1,0 +1,116 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageFilter
+from sklearn.metrics import f1_score, precision_score, recall_score
+
+from emodiff.data import EMOTIONS, FaceSet
+from emodiff.encoders import EmotionJudge
+from emodiff.evaluation import (
+    IdentityModel, choose_setting, emotion_scores, evaluate_editor, frechet_distance, sample_inputs, write_report,
+)
+from emodiff.predict import read_face, sample_faces
+
+
+@pytest.fixture(scope="module")
+def identity():
+    return IdentityModel()
+
+
+@pytest.fixture(scope="module")
+def real_faces():
+    """The bundled PublicTest crops: one real face per emotion, always available."""
+    return np.stack([read_face(path) for path in sample_faces()])
+
+
+@pytest.fixture(scope="module")
+def judge():
+    torch.manual_seed(0)
+    return EmotionJudge().eval()
+
+
+def test_emotion_scores_match_scikit_learn():
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, 7, 300), rng.integers(0, 7, 300)
+    predicted[:100] = true[:100]
+    scores = emotion_scores(true, predicted)
+    labels = list(range(7))
+    np.testing.assert_allclose(list(scores["f1"].values()), f1_score(true, predicted, labels=labels, average=None))
+    np.testing.assert_allclose(list(scores["precision"].values()), precision_score(true, predicted, labels=labels, average=None))
+    np.testing.assert_allclose(list(scores["recall"].values()), recall_score(true, predicted, labels=labels, average=None))
+    assert scores["macro_f1"] == pytest.approx(f1_score(true, predicted, average="macro"))
+    assert np.asarray(scores["confusion"]).sum() == 300
+
+
+def test_identity_distance_small_for_a_blur_large_for_another_person(identity, real_faces):
+    blurred = np.stack([np.asarray(Image.fromarray(f).filter(ImageFilter.GaussianBlur(0.8))) for f in real_faces])
+    same = identity.distance(real_faces, blurred)
+    others = identity.distance(real_faces, np.roll(real_faces, 1, axis=0))
+    assert np.median(same) < 0.45 < np.median(others)
+    assert np.all(identity.distance(real_faces, real_faces) < 1e-6)
+
+
+def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift(judge):
+    rng = np.random.default_rng(0)
+    faces = rng.integers(40, 200, (64, 48, 48)).astype(np.uint8)
+    same = frechet_distance(judge, faces, faces)
+    shifted = [frechet_distance(judge, faces, np.clip(faces.astype(int) + s, 0, 255).astype(np.uint8)) for s in (10, 40, 80)]
+    assert abs(same) < 1e-3 * shifted[0]  # an untrained judge: small features, so compare relatively
+    assert shifted[0] < shifted[1] < shifted[2]
+
+
+def test_do_nothing_editor_keeps_identity_but_scores_chance_emotion(identity, real_faces, judge, tmp_path):
+    inputs = FaceSet(np.repeat(real_faces, 2, axis=0), np.repeat(np.arange(7), 2), np.ones(14, np.int8))
+    do_nothing = lambda faces, targets: np.repeat(faces[:, None], len(targets), axis=1)  # noqa: E731
+    evaluation = evaluate_editor(do_nothing, inputs, judge, identity, reference=inputs, batch_size=5, progress=False)
+    m = evaluation.metrics
+    assert m["edits"] == 14 * 7 and evaluation.edits.shape == (14, 7, 48, 48)
+    assert m["identity"]["kept_fraction"] == 1.0 and m["change"]["mean_abs_pixel"] == 0.0
+    # every target gets the same verdict per input, so F1 cannot beat 1/7 whatever the judge says
+    assert m["emotion"]["macro_f1"] <= 1 / 7 + 1e-9
+    write_report(evaluation, tmp_path, "do nothing", "emodiff evaluate ...")
+    report = (tmp_path / "report.md").read_text()
+    assert "| **all** |" in report and "100%" in report
+    assert json.loads((tmp_path / "metrics.json").read_text())["edits"] == 98
+    assert (tmp_path / "grid.png").exists() and (tmp_path / "confusion.png").exists()
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_perfect_editor_scores_full_emotion_f1(identity, real_faces):
+    """An 'editor' that returns a real face of each target emotion: the judge agreeing is all it takes."""
+
+    class Oracle(torch.nn.Module):  # judges a face by which bundled face it is
+        config = EmotionJudge().config
+
+        def predict_proba(self, images):
+            reference = (torch.from_numpy(real_faces).float() / 127.5 - 1).flatten(1)
+            return torch.nn.functional.one_hot(torch.cdist(images.flatten(1), reference).argmin(1), 7).float()
+
+        def parameters(self):
+            return iter([torch.zeros(1)])
+
+    inputs = FaceSet(real_faces, np.arange(7), np.ones(7, np.int8))
+    swap = lambda faces, targets: np.repeat(real_faces[targets][None], len(faces), axis=0)  # noqa: E731
+    m = evaluate_editor(swap, inputs, Oracle(), identity, reference=inputs, progress=False).metrics
+    assert m["emotion"]["macro_f1"] == 1.0 and m["real_inputs"]["macro_f1"] == 1.0
+    assert m["identity"]["kept_fraction"] < 0.5  # it replaced the people
+
+
+def test_sample_inputs_is_balanced_and_seeded():
+    labels = np.repeat(np.arange(7), [30, 3, 30, 30, 30, 30, 30])
+    faces = FaceSet(np.zeros((len(labels), 48, 48), np.uint8), labels, np.ones(len(labels), np.int8))
+    a, b = sample_inputs(faces, 5, seed=1), sample_inputs(faces, 5, seed=1)
+    assert np.bincount(a.labels).tolist() == [5, 3, 5, 5, 5, 5, 5]
+    np.testing.assert_array_equal(a.labels, b.labels)
+
+
+def test_choose_setting_prefers_f1_among_identity_keeping_rows():
+    rows = [
+        {"macro_f1": 0.6, "identity_kept": 0.5},
+        {"macro_f1": 0.4, "identity_kept": 0.95},
+        {"macro_f1": 0.3, "identity_kept": 0.99},
+    ]
+    assert choose_setting(rows)[0] is rows[1]
+    assert choose_setting([rows[0], {"macro_f1": 0.2, "identity_kept": 0.8}])[0] is rows[0]
