@@ -57,3 +57,33 @@ def test_resume_continues_from_the_saved_step_and_matches_uninterrupted(fer_csv,
 def test_unknown_kind_is_refused(fer_csv, tmp_path):
     with pytest.raises(ValueError, match="cnn, vae, judge"):
         train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))
+
+
+def test_sigterm_saves_a_checkpoint_and_the_run_resumes(fer_csv, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors import safe_open
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "emodiff.cli", "train-encoder", "cnn", "--data", str(fer_csv), "--out", str(out),
+               "--epochs", "200", "--batch-size", "16", "--device", "cpu", "--checkpoint-minutes", "60"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.time() + 300
+    while not (out / "metrics.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(0.5)
+    process.send_signal(signal.SIGTERM)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130, err[-2000:]
+    assert "--resume" in err
+    with safe_open(str(out / CHECKPOINT), framework="pt") as handle:
+        saved_step = json.loads(handle.metadata()["state"])["step"]
+    assert 4 <= saved_step < 200 * 4
+    resumed = train_encoder(_config(fer_csv, out, epochs=200, resume=True, stop_at_step=saved_step + 1))
+    assert resumed["step"] == saved_step + 1

@@ -413,6 +413,10 @@ def main(argv: list[str] | None = None) -> int:
     except (FERDataError, FileNotFoundError, FileExistsError, ValueError) as error:
         print(f"emodiff {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        hint = " (checkpoint saved: continue with --resume)" if args.command.startswith("train") else ""
+        print(f"emodiff {args.command}: interrupted{hint}", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

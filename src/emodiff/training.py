@@ -8,7 +8,10 @@ carried, so a resumed run draws exactly the batches and noise the uninterrupted 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -41,10 +44,12 @@ def make_accelerator(device: str = "auto", out: Path | None = None) -> Accelerat
         raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
     use_cpu = device == "cpu" or not torch.cuda.is_available()
     target = torch.device("cpu" if use_cpu else "cuda")
+    tensorboard = out is not None and importlib.util.find_spec("tensorboard") is not None
     return Accelerator(
         cpu=use_cpu,
         mixed_precision="bf16" if bf16_supported(target) else "no",
         project_dir=str(out) if out else None,
+        log_with="tensorboard" if tensorboard else None,
     )
 
 
@@ -57,6 +62,19 @@ def announce(accelerator: Accelerator, what: str, faces: int) -> None:
             f"({accelerator.distributed_type.value}) on {accelerator.device}, mixed precision {accelerator.mixed_precision}",
             flush=True,
         )
+
+
+def interrupt_on_sigterm():
+    """Turn SIGTERM (kill, cluster pre-emption) into KeyboardInterrupt so the loop checkpoints
+    before exiting; returns the function that puts the previous handler back."""
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    return lambda: signal.signal(signal.SIGTERM, previous)
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
@@ -149,12 +167,10 @@ def prepare_out_dir(out: Path, resume: bool) -> bool:
 
 
 def start_trackers(accelerator: Accelerator, name: str, config: dict) -> None:
-    try:
-        import tensorboard  # noqa: F401
-    except ImportError:
-        return
-    accelerator.log_with = ["tensorboard"]
-    accelerator.init_trackers(name, config=config)
+    """TensorBoard logs under OUT/<name> when tensorboard is installed; the CSV is always written."""
+    if accelerator.log_with:
+        flat = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) or v is None else v) for k, v in config.items()}
+        accelerator.init_trackers(name, config=flat)
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -262,25 +278,28 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     total_steps = epochs * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(500, total_steps // 20), total_steps)
     metrics = MetricsLog(out / METRICS, accelerator)
-    step = 0
+    step, minutes_before = 0, 0.0
     if resuming:
-        step = load_checkpoint(out / CHECKPOINT, {"model": model}, optimizer, scheduler)["step"]
+        state = load_checkpoint(out / CHECKPOINT, {"model": model}, optimizer, scheduler)
+        step, minutes_before = state["step"], state.get("minutes", 0.0)
         metrics.drop_after(step)
     start_trackers(accelerator, f"train-encoder-{config.kind}", asdict(config))
     objective, optimizer = accelerator.prepare(_Objective(model), optimizer)
 
     def checkpoint() -> None:
         if accelerator.is_main_process:
-            state = {"step": step, "config": asdict(config)}
+            state = {"step": step, "minutes": minutes(), "config": asdict(config)}
             save_checkpoint(out / CHECKPOINT, {"model": model}, optimizer, scheduler, state)
 
     images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
     rank, world = accelerator.process_index, accelerator.num_processes
     last_checkpoint, started = time.monotonic(), time.monotonic()
+    minutes = lambda: minutes_before + (time.monotonic() - started) / 60  # noqa: E731
     stop = min(total_steps, config.stop_at_step or total_steps)
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.kind}", disable=not accelerator.is_main_process)
     epoch_losses: list[float] = []
     model.train()
+    restore_sigterm = interrupt_on_sigterm()
     try:
         while step < stop:
             epoch, offset = divmod(step, steps_per_epoch)
@@ -304,7 +323,7 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
                 row = {"epoch": step // steps_per_epoch, "step": step, "images_seen": step * global_batch}
                 row["train_loss"] = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
                 row.update({f"val_{k}": v for k, v in evaluate_encoder(model, val, accelerator).items()})
-                row["minutes"] = (time.monotonic() - started) / 60
+                row["minutes"] = minutes()
                 metrics.log(row)
                 epoch_losses = []
                 bar.write(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
@@ -321,10 +340,12 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
         checkpoint()
         raise
     finally:
+        restore_sigterm()
         bar.close()
     checkpoint()
     accelerator.end_training()
-    return {"step": step, "total_steps": total_steps, "is_main": accelerator.is_main_process, **(metrics.rows[-1] if metrics.rows else {})}
+    last_epoch = metrics.rows[-1] if metrics.rows else {}
+    return {**last_epoch, "step": step, "total_steps": total_steps, "is_main": accelerator.is_main_process}
 
 
 # ----------------------------------------------------------------------------- diffusion
@@ -465,6 +486,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.cond}", disable=not accelerator.is_main_process)
     last_checkpoint, window = time.monotonic(), []
     model.train()
+    restore_sigterm = interrupt_on_sigterm()
     try:
         while (stop is None or step < stop) and (config.minutes is None or minutes() < config.minutes):
             epoch, offset = divmod(step, steps_per_epoch)
@@ -506,6 +528,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
         save()
         raise
     finally:
+        restore_sigterm()
         bar.close()
     save()
     accelerator.end_training()
