@@ -23,9 +23,9 @@ def face_files(tmp_path):
     rng = np.random.default_rng(0)
     small = tmp_path / "small.png"
     Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(small)
-    large = tmp_path / "large.jpg"
-    Image.fromarray(rng.integers(0, 256, (120, 100, 3), dtype=np.uint8)).save(large)
-    return small, large
+    odd = tmp_path / "odd.png"  # still a face crop (<= 64 px), but not 48x48 and in colour
+    Image.fromarray(rng.integers(0, 256, (60, 52, 3), dtype=np.uint8)).save(odd)
+    return small, odd
 
 
 def _edit(model_dir, out, *args):
@@ -37,15 +37,27 @@ def _no_partial_files(directory):
 
 
 def test_edit_writes_every_target_at_the_input_size_and_a_grid(model_dir, face_files, tmp_path):
-    small, large = face_files
+    small, odd = face_files
     out = tmp_path / "out"
-    assert _edit(model_dir, out, small, large, "--to", "all", "--grid") == 0
+    assert _edit(model_dir, out, small, odd, "--to", "all", "--grid") == 0
     for emotion in EMOTIONS:
-        edited = Image.open(out / f"large_{emotion}.png")
-        assert edited.size == (100, 120) and edited.mode == "L"
+        edited = Image.open(out / f"odd_{emotion}.png")
+        assert edited.size == (52, 60) and edited.mode == "L"
         assert Image.open(out / f"small_{emotion}.png").size == (48, 48)
-    assert (out / "small_grid.png").exists() and (out / "large_grid.png").exists()
+    assert (out / "small_grid.png").exists() and (out / "odd_grid.png").exists()
     assert _no_partial_files(out)
+
+
+def test_a_folder_of_faces_is_edited_in_batches(model_dir, tmp_path):
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(5):
+        Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(folder / f"f{i}.png")
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert _edit(model_dir, out, folder, "--to", "happy", "--batch-size", "2") == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"f{i}_happy.png" for i in range(5)]
 
 
 def test_same_seed_gives_identical_files(model_dir, face_files, tmp_path):

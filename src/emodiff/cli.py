@@ -295,18 +295,23 @@ def build_parser() -> argparse.ArgumentParser:
     edit = commands.add_parser(
         "edit",
         help="change the expression of face images to chosen emotions",
-        description="Edit each IMAGE to every emotion in --to and write OUT/<stem>_<emotion>.png (8-bit grayscale, "
-        "the input's size). Modes: paper = from pure noise with the target label and the input's semantic code "
+        description="Edit each IMAGE to every emotion in --to. A face crop (up to 64x64) is edited whole and written as "
+        "OUT/<stem>_<emotion>.png, 8-bit grayscale at its size. In a photo (larger, any format, colour or not, EXIF "
+        "rotation applied) the faces are found and aligned, edited as 48x48 crops, and the change is blended into the "
+        "photo's luminance: OUT/<stem>_<emotion>.<ext> at the photo's size, colours kept. Modes: paper = from pure noise with the target label and the input's semantic code "
         "(the paper's manipulation); sdedit = noise the input to strength*T and denoise with the target; "
         "invert = deterministic DDIM inversion of the input to strength*T under its source emotion, then decode "
         "under the target (keeps the person best). All targets of an input are sampled in one batch.",
     )
-    edit.add_argument("images", nargs="+", help="face images (48x48 crops, or any image: converted to grayscale)")
+    edit.add_argument("images", nargs="+", help="face crops (up to 64x64), photos (any size; faces are found), or folders of them")
     edit.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
     edit.add_argument("--out", required=True, help="output directory")
     edit.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     _add_edit_options(edit)
     edit.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
+    edit.add_argument("--face", default="largest", help="in photos: largest, all, or an index counted left to right from 0 (default: largest)")
+    edit.add_argument("--crop", action="store_true", help="in photos: also write each 48x48 face crop and its edits")
+    edit.add_argument("--no-detect", action="store_true", help="take every input as a face crop, whatever its size")
     edit.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
     edit.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
     _add_device(edit)

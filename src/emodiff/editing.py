@@ -1,29 +1,100 @@
-"""Editing image files: read, batch across inputs, write every result atomically."""
+"""Editing image files: face crops or whole photos in, edited images out, written atomically.
+
+An input no larger than 64x64 is taken as a face crop and edited whole (output: 8-bit grayscale
+at its size). A larger input is a photo: its faces are detected and aligned (``faces.py``),
+edited as 48x48 crops, and the change is put back into the photo's luminance (output: the photo
+at its size, colours kept, in its own format). The faces of many inputs are edited in one batch.
+"""
 
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 from tqdm.auto import tqdm
 
+from . import faces as face_ops
 from .data import EMOTIONS, IMAGE_SIZE, parse_emotion, parse_emotions
 from .files import save_image
 from .grid import labelled_grid
 from .pipeline import EditSettings, EmotionEditPipeline, sampling_scheduler
 
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
 
-def read_gray(path: str | Path) -> Image.Image:
-    with Image.open(path) as image:
-        return ImageOps.exif_transpose(image).convert("L")
+
+@dataclass
+class Prepared:
+    """One input ready to edit: its crops, and how to put edits back."""
+
+    image: Image.Image
+    crops: np.ndarray  # uint8 (n, 48, 48)
+    faces: list | None = None  # None: the input is itself a face crop
+
+    def render(self, edits: np.ndarray) -> list[Image.Image]:
+        """Edited crops (n, T, 48, 48) -> one output image per target."""
+        results = []
+        for target in range(edits.shape[1]):
+            if self.faces is None:
+                results.append(Image.fromarray(edits[0, target]).resize(self.image.size, Image.BICUBIC))
+                continue
+            photo = self.image
+            for face, crop, edit in zip(self.faces, self.crops, edits[:, target]):
+                photo = face_ops.paste(photo, face, crop, edit)
+            results.append(photo)
+        return results
+
+
+class Preparer:
+    """Turns images into crops: small ones as they are, photos through face detection."""
+
+    def __init__(self, face: str = "largest", detect: bool = True):
+        self.face, self.detect = face_ops.parse_face_choice(face), detect
+        self._finder = None
+
+    def __call__(self, image: Image.Image) -> Prepared:
+        if not self.detect or face_ops.is_face_crop(image):
+            gray = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
+            return Prepared(image.convert("L"), np.asarray(gray)[None])
+        if self._finder is None:
+            self._finder = face_ops.FaceFinder()
+        found = self._finder.find(image)
+        if not found:
+            raise face_ops.NoFaceError("no face found (use --no-detect if the image is already a face crop)")
+        chosen = face_ops.select(found, self.face)
+        return Prepared(image, np.stack([face_ops.crop(image, face) for face in chosen]), chosen)
+
+
+def edit_prepared(pipeline, prepared: list[Prepared], targets, settings, source=None, seed=0):
+    """Edit the crops of several inputs in one batch.
+
+    Returns the output images (per input, per target), the edited crops (all faces, T, 48, 48)
+    and the offsets of each input's faces in them.
+    """
+    crops = np.concatenate([p.crops for p in prepared])
+    sources = None if source is None else [source] * len(crops)
+    edits = pipeline.edit_faces(crops, targets, settings, source_labels=sources, seed=seed)
+    bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
+    return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
 
 
 def load_pipeline(model: str | None, scheduler: str, device: str) -> EmotionEditPipeline:
     pipeline = EmotionEditPipeline.from_pretrained(model, device=device)
     pipeline.scheduler = sampling_scheduler(scheduler, pipeline.scheduler)
     return pipeline
+
+
+def expand_inputs(arguments: list[str]) -> list[Path]:
+    """Files as given; folders as the image files directly inside them, sorted."""
+    paths = []
+    for argument in map(Path, arguments):
+        if argument.is_dir():
+            paths += sorted(p for p in argument.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            paths.append(argument)
+    return paths
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
@@ -36,6 +107,12 @@ def unique_stems(paths: list[Path]) -> list[str]:
     return stems
 
 
+def output_suffix(path: Path, prepared: Prepared) -> str:
+    """Face crops become PNG; photos keep their format (JPEG, PNG, WebP)."""
+    suffix = path.suffix.lower()
+    return suffix if prepared.faces is not None and suffix in {".jpg", ".jpeg", ".png", ".webp"} else ".png"
+
+
 def run_edit(args) -> int:
     """``emodiff edit``: every option is checked before any model is loaded or file written."""
     targets = parse_emotions(args.to)
@@ -43,34 +120,45 @@ def run_edit(args) -> int:
     settings = EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance)
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
+    prepare = Preparer(args.face, detect=not args.no_detect)
     pipeline = load_pipeline(args.model, args.scheduler, args.device)
 
-    inputs, failed = [], 0
-    for path in map(Path, args.images):
-        try:
-            inputs.append((path, read_gray(path)))
-        except (OSError, ValueError) as error:
-            print(f"{path}: cannot read image ({error})", file=sys.stderr)
-            failed += 1
-    out = Path(args.out)
-    stems = unique_stems([path for path, _ in inputs])
-    names = [EMOTIONS[t] for t in targets]
-    batches = range(0, len(inputs), args.batch_size)
-    for start in tqdm(batches, desc="editing", unit="batch", disable=len(batches) < 2):
-        chunk = inputs[start : start + args.batch_size]
-        sources = None if source is None else [source] * len(chunk)
-        images = [image for _, image in chunk]
-        edited = pipeline.edit(images, targets, source=sources, settings=settings, seed=args.seed)
-        for image, stem, row in zip(images, stems[start:], edited):
-            for name, result in zip(names, row):
-                save_image(result, out / f"{stem}_{name}.png")
-            if args.grid:
-                cells = np.stack([np.asarray(im.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)) for im in [image, *row]])
-                save_image(labelled_grid(cells[None], col_labels=["input", *names]), out / f"{stem}_grid.png")
-    print(f"wrote {len(inputs) * len(targets)} edit(s) of {len(inputs)} face(s) to {out}")
+    paths = expand_inputs(args.images)
+    stems = dict(zip(paths, unique_stems(paths)))
+    out, names, failed, written = Path(args.out), [EMOTIONS[t] for t in targets], 0, 0
+    with tqdm(total=len(paths), desc="editing", unit="image", disable=len(paths) < 2) as bar:
+        for start in range(0, len(paths), args.batch_size):
+            ready: list[tuple[Path, Prepared]] = []
+            for path in paths[start : start + args.batch_size]:
+                try:
+                    ready.append((path, prepare(face_ops.load_photo(path))))
+                except (OSError, ValueError) as error:  # unreadable file, no face, bad --face index
+                    bar.write(f"{path}: {error}" if isinstance(error, ValueError) else f"{path}: cannot read image ({error})", file=sys.stderr)
+                    failed += 1
+            if ready:
+                outputs, edits, bounds = edit_prepared(pipeline, [p for _, p in ready], targets, settings, source, args.seed)
+                for (path, prepared), results, first, last in zip(ready, outputs, bounds[:-1], bounds[1:]):
+                    written += write_outputs(out, stems[path], output_suffix(path, prepared), names, prepared, results, edits[first:last], args)
+            bar.update(len(paths[start : start + args.batch_size]))
+    print(f"wrote {written} edited image(s) of {len(paths) - failed} input(s) to {out}")
     if failed:
-        print(f"{failed} input(s) could not be read", file=sys.stderr)
-    return 1 if failed else 0
+        print(f"{failed} input(s) could not be edited", file=sys.stderr)
+    return 1 if failed or not paths else 0
+
+
+def write_outputs(out: Path, stem: str, suffix: str, names, prepared: Prepared, results, edits, args) -> int:
+    for name, result in zip(names, results):
+        save_image(result, out / f"{stem}_{name}{suffix}")
+    if args.crop and prepared.faces is not None:
+        for index, (crop, row) in enumerate(zip(prepared.crops, edits)):
+            save_image(Image.fromarray(crop), out / f"{stem}_face{index}.png")
+            for name, edit in zip(names, row):
+                save_image(Image.fromarray(edit), out / f"{stem}_face{index}_{name}.png")
+    if args.grid:
+        cells = np.concatenate([prepared.crops[:, None], edits], axis=1)
+        labels = [f"face {i}" for i in range(len(cells))] if prepared.faces is not None else []
+        save_image(labelled_grid(cells, labels, ["input", *names]), out / f"{stem}_grid.png")
+    return len(results)
 
 
 def run_sample(args) -> int:

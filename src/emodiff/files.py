@@ -31,8 +31,10 @@ def atomic_write(path: Path, write) -> None:
 
 
 def save_image(image: Image.Image, path: Path) -> None:
+    """Format from the suffix (PNG when unknown); JPEG and WebP at quality 95."""
     fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    atomic_write(path, lambda temp: image.save(temp, format=fmt))
+    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    atomic_write(path, lambda temp: image.save(temp, format=fmt, **options))
 
 
 def save_model_dir(model, directory: Path, fp16: bool = False) -> None:

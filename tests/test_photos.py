@@ -1,0 +1,143 @@
+"""Real photos: detection, alignment, pasting back, and every format the CLI takes."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from emodiff import faces as face_ops
+from emodiff.cli import main
+
+from .test_cli import model_dir  # noqa: F401  (fixture)
+
+PHOTO = face_ops.Path(face_ops.__file__).parent / "assets" / "photos" / "astronaut.jpg"
+
+
+@pytest.fixture(scope="module")
+def photo():
+    return face_ops.load_photo(PHOTO)
+
+
+@pytest.fixture(scope="module")
+def finder():
+    return face_ops.FaceFinder()
+
+
+def _edit(model_dir, out, *args):
+    return main(["edit", *map(str, args), "--out", str(out), "--model", str(model_dir), "--steps", "3", "--from", "sad"])
+
+
+def _outside_face_unchanged(original: Image.Image, edited: Image.Image, face: face_ops.Face) -> bool:
+    """Pixels well away from the face box are bit-identical."""
+    a, b = np.asarray(original), np.asarray(edited)
+    left, top, right, bottom = face.box
+    pad = 2 * (right - left)
+    mask = np.ones(a.shape[:2], bool)
+    mask[max(0, top - pad) : bottom + pad, max(0, left - pad) : right + pad] = False
+    return np.array_equal(a[mask], b[mask])
+
+
+def test_detects_and_aligns_the_face_like_fer(photo, finder):
+    faces = finder.find(photo)
+    assert len(faces) == 1
+    (lx, ly), (rx, ry) = faces[0].left_eye, faces[0].right_eye
+    assert lx < rx and abs(ly - ry) < 10
+    crop = face_ops.crop(photo, faces[0])
+    assert crop.shape == (48, 48) and crop.dtype == np.uint8
+    # the aligned crop puts the eyes where FER-2013 has them: check by re-detecting on the crop
+    a, b, c, d, e, f = faces[0].crop_to_photo(48)
+    u = (np.linalg.inv([[a, b], [d, e]]) @ (np.array([lx, ly]) - [c, f])) / 48
+    np.testing.assert_allclose(u, [face_ops.EYE_CENTRE[0] - face_ops.EYE_DISTANCE / 2, face_ops.EYE_CENTRE[1]], atol=0.02)
+
+
+def test_paste_changes_only_luminance_inside_the_face(photo, finder):
+    face = finder.find(photo)[0]
+    crop = face_ops.crop(photo, face)
+    darker = np.clip(crop.astype(int) - 40, 0, 255).astype(np.uint8)
+    pasted = face_ops.paste(photo, face, crop, darker)
+    assert pasted.size == photo.size and pasted.mode == photo.mode
+    assert _outside_face_unchanged(photo, pasted, face)
+    before = np.asarray(photo.convert("YCbCr"), dtype=float)
+    after = np.asarray(pasted.convert("YCbCr"), dtype=float)
+    changed = np.abs(after[..., 0] - before[..., 0]) > 5
+    assert changed.sum() > 500  # the face got darker
+    assert np.abs(after[..., 1:] - before[..., 1:])[changed].mean() < 1.0  # chroma kept (up to rounding/clipping)
+
+
+def _variants(tmp_path):
+    base = Image.open(PHOTO).convert("RGB").crop((0, 0, 512, 400))  # not square: a rotation would show
+    rgba = base.convert("RGBA")
+    rgba.putalpha(200)
+    rgba.save(tmp_path / "rgba.png")
+    base.convert("L").save(tmp_path / "gray.jpg", quality=95)
+    base.save(tmp_path / "photo.webp", quality=95)
+    rotated = base.rotate(90, expand=True)  # stored sideways (turned left); EXIF says how to turn it back
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation 6: rotate 90 degrees clockwise to view
+    rotated.save(tmp_path / "exif.jpg", quality=95, exif=exif)
+    return {"rgba.png": ("RGBA", base.size), "gray.jpg": ("L", base.size), "photo.webp": ("RGB", base.size),
+            "exif.jpg": ("RGB", base.size)}
+
+
+def test_every_photo_format_and_mode_is_edited_at_its_size(model_dir, tmp_path):  # noqa: F811
+    expected = _variants(tmp_path)
+    out = tmp_path / "out"
+    assert _edit(model_dir, out, *(tmp_path / name for name in expected), "--to", "happy,sad", "--crop") == 0
+    for name, (mode, size) in expected.items():
+        stem, suffix = name.rsplit(".", 1)
+        for emotion in ("happy", "sad"):
+            edited = Image.open(out / f"{stem}_{emotion}.{suffix}")
+            assert edited.size == size and edited.mode == mode, name
+        assert Image.open(out / f"{stem}_face0_happy.png").size == (48, 48)
+    rgba = Image.open(out / "rgba_happy.png")
+    assert np.all(np.asarray(rgba)[..., 3] == 200)  # alpha untouched
+
+
+def test_png_photo_keeps_colours_outside_the_face(model_dir, tmp_path, photo, finder):  # noqa: F811
+    source = tmp_path / "exact.png"
+    photo.save(source)
+    out = tmp_path / "out"
+    assert _edit(model_dir, out, source, "--to", "angry") == 0
+    assert _outside_face_unchanged(photo, Image.open(out / "exact_angry.png"), finder.find(photo)[0])
+
+
+def test_photo_without_a_face_is_an_error_naming_it_and_others_still_edited(model_dir, tmp_path, capsys):  # noqa: F811
+    Image.new("RGB", (300, 200), (120, 160, 200)).save(tmp_path / "sky.jpg")
+    out = tmp_path / "out"
+    status = _edit(model_dir, out, tmp_path / "sky.jpg", PHOTO, "--to", "fear")
+    assert status != 0
+    err = capsys.readouterr().err
+    assert "sky.jpg" in err and "no face" in err
+    assert (out / "astronaut_fear.jpg").exists() and not (out / "sky_fear.jpg").exists()
+
+
+@pytest.fixture
+def two_faces(tmp_path, photo):
+    """The astronaut twice, the right copy smaller."""
+    canvas = Image.new("RGB", (900, 520), (90, 90, 90))
+    canvas.paste(photo.convert("RGB"), (0, 0))
+    canvas.paste(photo.convert("RGB").resize((380, 380)), (515, 60))
+    path = tmp_path / "pair.jpg"
+    canvas.save(path, quality=95)
+    return path
+
+
+@pytest.mark.parametrize("choice, edited_faces", [("all", [0, 1]), ("largest", [0]), ("0", [0]), ("1", [1])])
+def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, finder, choice, edited_faces):  # noqa: F811
+    original = face_ops.load_photo(two_faces)
+    found = finder.find(original)
+    assert len(found) == 2
+    out = tmp_path / "out"
+    assert _edit(model_dir, out, two_faces, "--to", "surprise", "--face", choice, "--crop") == 0
+    crops = sorted(p.name for p in out.glob("pair_face?.png"))
+    assert crops == [f"pair_face{i}.png" for i in range(len(edited_faces))]
+    edited = np.asarray(Image.open(out / "pair_surprise.jpg"), dtype=int)
+    reference = np.asarray(Image.open(two_faces), dtype=int)  # same JPEG decode: unedited faces match closely
+    for index, face in enumerate(found):
+        left, top, right, bottom = face.box
+        region = np.abs(edited[top:bottom, left:right] - reference[top:bottom, left:right]).mean()
+        assert (region > 1.0) == (index in edited_faces), (choice, index, region)
+
+
+def test_bad_face_choice_is_refused_before_work(tmp_path, capsys):
+    assert main(["edit", str(PHOTO), "--to", "happy", "--out", str(tmp_path / "o"), "--face", "middle"]) == 2
+    assert "--face" in capsys.readouterr().err and not (tmp_path / "o").exists()
