@@ -58,3 +58,17 @@ def real_sample_csv(tmp_path) -> Path:
     path = tmp_path / "real.csv"
     path.write_text("".join(lines))
     return path
+
+
+@pytest.fixture(scope="session")
+def real_publictest_csv(tmp_path_factory) -> Path:
+    """300 PublicTest rows of the real data set (never trained on), when it is beside the checkout."""
+    if not REAL_CSV.exists():
+        pytest.skip("real FER-2013 CSV not present")
+    with gzip.open(REAL_CSV, "rt") as handle:
+        header = next(handle)
+        rows = [line for line in handle if line.rstrip().endswith(",PublicTest")]
+    picked = [rows[i] for i in np.random.default_rng(0).choice(len(rows), 300, replace=False)]
+    path = tmp_path_factory.mktemp("real") / "publictest300.csv"
+    path.write_text(header + "".join(picked))
+    return path

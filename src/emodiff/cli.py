@@ -221,6 +221,18 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from .app import serve
+
+    return serve(args)
+
+
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
@@ -247,7 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("kind", choices=("cnn", "vae", "judge"), help="which model to train")
     train.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
     train.add_argument("--out", required=True, help="model directory to write (refused if it holds a run, unless --resume)")
-    train.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 40, judge 30, vae 30)")
+    train.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, vae 20)")
     train.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
     train.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and initialisation (default: 0)")
@@ -398,6 +410,32 @@ def build_parser() -> argparse.ArgumentParser:
     add_evaluation_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
 
+    demo = commands.add_parser(
+        "demo",
+        help="edit the bundled sample faces and photo to all 7 emotions, into one grid PNG",
+        description="Edit the bundled FER-2013 PublicTest faces and the bundled photo (NASA portrait of Eileen "
+        "Collins, public domain, from scikit-image's data) to every emotion with the shipped model and write one "
+        "labelled grid.",
+    )
+    demo.add_argument("--out", default="emodiff-demo.png", help="grid PNG to write (default: emodiff-demo.png)")
+    demo.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    _add_edit_options(demo)
+    _add_device(demo)
+    demo.set_defaults(handler=_cmd_demo)
+
+    serve = commands.add_parser(
+        "serve",
+        help="run the web app (gradio): upload a photo, choose emotions, download the edits",
+        description="Serve a gradio web app on --host:--port: upload a photo or face crop (or pick a bundled sample), "
+        "choose emotions and a strength, see the edit and the strip of all 7 emotions, and download. Uploads over "
+        "20 MB or that are not images are refused with a message. Needs 'pip install gradio'.",
+    )
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    serve.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    _add_device(serve)
+    serve.set_defaults(handler=_cmd_serve)
+
     predict = commands.add_parser(
         "predict",
         help="predict the emotion of face images with the CNN encoder",
@@ -415,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FERDataError, FileNotFoundError, FileExistsError, ValueError) as error:
+    except (FERDataError, FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
         print(f"emodiff {args.command}: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -16,6 +16,7 @@ the target label (the stochastic encoding of Diffusion Autoencoders), which keep
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,10 @@ class EmotionEditPipeline:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path | None = None, device: str = "auto") -> EmotionEditPipeline:
+        if directory is None and not (DEFAULT_MODEL / "denoiser").is_dir():
+            raise FileNotFoundError(
+                "this installation has no default model: pass --model DIR (a directory written by 'emodiff train')"
+            )
         directory = Path(directory) if directory else DEFAULT_MODEL
         if not (directory / "denoiser" / "config.json").is_file():
             raise FileNotFoundError(
@@ -151,7 +156,7 @@ class EmotionEditPipeline:
         One image gives a list over targets, a list of images a list of such lists; a single
         target drops that level too. ``overrides`` are EditSettings fields (mode, strength, ...).
         """
-        settings = EditSettings(**{**(settings or EditSettings()).__dict__, **overrides})
+        settings = dataclasses.replace(settings or EditSettings(), **overrides)
         single_image, single_target = not isinstance(images, (list, tuple)), not isinstance(targets, (list, tuple))
         images = [as_gray(image) for image in ([images] if single_image else images)]
         labels = [parse_emotion(t) for t in ([targets] if single_target else targets)]
@@ -165,13 +170,14 @@ class EmotionEditPipeline:
         results = [row[0] if single_target else row for row in results]
         return results[0] if single_image else results
 
+    @torch.inference_mode()
     def sample(self, emotion, n: int = 1, *, steps: int = 50, guidance: float = 3.0, seed: int = 0) -> list[Image.Image]:
         """Random faces showing ``emotion`` (null semantic code for the cnn/vae variants)."""
         label = parse_emotion(emotion)
         generator = torch.Generator().manual_seed(seed)
-        noise = torch.randn(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+        noise = torch.randn(n, 1, IMAGE_SIZE, IMAGE_SIZE, generator=generator).to(self.device)
         timesteps = self._timesteps(steps, 1.0)
-        labels = torch.full((n,), label, dtype=torch.long)
+        labels = torch.full((n,), label, dtype=torch.long, device=self.device)
         faces = self._denoise(noise, timesteps, labels, None, guidance, generator)
         return [Image.fromarray(face) for face in to_uint8(faces)]
 
@@ -186,15 +192,14 @@ class EmotionEditPipeline:
     ) -> np.ndarray:
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48): every target of every face in one batch.
 
-        Each face's starting noise comes from its own generator seeded with ``seed``, so a face's
-        edits do not depend on which other faces share the batch.
+        Every face starts from the same noise, drawn with ``seed``, so a face's edits do not
+        depend on which other faces share the batch.
         """
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
         codes = self._codes(x0)
         timesteps = self._timesteps(settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
-        noise = torch.cat([torch.randn(1, *x0.shape[1:], generator=torch.Generator().manual_seed(seed)) for _ in x0])
-        noise = noise.to(self.device)
+        noise = torch.randn(1, *x0.shape[1:], generator=torch.Generator().manual_seed(seed)).to(self.device).expand_as(x0)
         if settings.mode == "paper":
             start = noise * self.scheduler.init_noise_sigma
         elif settings.mode == "sdedit":

@@ -188,9 +188,9 @@ class EncoderRecipe:
 
 
 ENCODER_RECIPES = {
-    "cnn": EncoderRecipe(epochs=40, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
+    "cnn": EncoderRecipe(epochs=30, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
     "judge": EncoderRecipe(epochs=30, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
-    "vae": EncoderRecipe(epochs=30, lr=1e-3, weight_decay=0.0, augment=dict(flip=True)),
+    "vae": EncoderRecipe(epochs=20, lr=1e-3, weight_decay=0.0, augment=dict(flip=True)),
 }
 
 
@@ -297,7 +297,7 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     minutes = lambda: minutes_before + (time.monotonic() - started) / 60  # noqa: E731
     stop = min(total_steps, config.stop_at_step or total_steps)
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.kind}", disable=not accelerator.is_main_process)
-    epoch_losses: list[float] = []
+    epoch_stats: dict[str, list[float]] = {}
     model.train()
     restore_sigterm = interrupt_on_sigterm()
     try:
@@ -316,16 +316,17 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
             optimizer.step()
             scheduler.step()
             step += 1
-            epoch_losses.append(loss.item())
+            for key, value in {"loss": loss.item(), **stats}.items():
+                epoch_stats.setdefault(key, []).append(value)
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
             if step % steps_per_epoch == 0:
                 row = {"epoch": step // steps_per_epoch, "step": step, "images_seen": step * global_batch}
-                row["train_loss"] = float(np.mean(epoch_losses)) if epoch_losses else float("nan")
+                row.update({f"train_{k}": float(np.mean(v)) for k, v in epoch_stats.items()})
                 row.update({f"val_{k}": v for k, v in evaluate_encoder(model, val, accelerator).items()})
                 row["minutes"] = minutes()
                 metrics.log(row)
-                epoch_losses = []
+                epoch_stats = {}
                 bar.write(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
                 if accelerator.is_main_process:
                     save_model_dir(model, out)
@@ -481,7 +482,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
 
     started = time.monotonic()
     minutes = lambda: minutes_before + (time.monotonic() - started) / 60  # noqa: E731
-    stop = min(s for s in (total_steps, config.stop_at_step) if s is not None) if (total_steps or config.stop_at_step) else None
+    limits = [s for s in (total_steps, config.stop_at_step) if s]
+    stop = min(limits) if limits else None  # None: only the minutes budget ends the run
     rank, world = accelerator.process_index, accelerator.num_processes
     bar = tqdm(total=total_steps, initial=step, desc=f"train {config.cond}", disable=not accelerator.is_main_process)
     last_checkpoint, window = time.monotonic(), []
