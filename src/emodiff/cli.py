@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+from importlib import import_module
 from pathlib import Path
 
 from .data import EMOTIONS, FERDataError
+
+
+def _lazy(target: str):
+    """A handler importing ``module:function`` only when its command runs, so --help stays quick."""
+    module, function = target.split(":")
+    return lambda args: getattr(import_module(f".{module}", __package__), function)(args)
 
 
 def _add_edit_options(parser: argparse.ArgumentParser) -> None:
@@ -104,18 +111,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if result["is_main"]:
         print(f"{args.cond}: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
     return 0
-
-
-def _cmd_edit(args: argparse.Namespace) -> int:
-    from .editing import run_edit
-
-    return run_edit(args)
-
-
-def _cmd_sample(args: argparse.Namespace) -> int:
-    from .editing import run_sample
-
-    return run_sample(args)
 
 
 def _cmd_test_encoder(args: argparse.Namespace) -> int:
@@ -221,18 +216,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
-
-    return run_demo(args)
-
-
-def _cmd_serve(args: argparse.Namespace) -> int:
-    from .app import serve
-
-    return serve(args)
-
-
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .predict import predict_files
 
@@ -327,7 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     edit.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
     edit.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
     _add_device(edit)
-    edit.set_defaults(handler=_cmd_edit)
+    edit.set_defaults(handler=_lazy("editing:run_edit"))
 
     sample = commands.add_parser(
         "sample",
@@ -343,7 +326,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
     sample.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     _add_device(sample)
-    sample.set_defaults(handler=_cmd_sample)
+    sample.set_defaults(handler=_lazy("editing:run_sample"))
 
     test_encoder = commands.add_parser(
         "test-encoder",
@@ -421,7 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     _add_edit_options(demo)
     _add_device(demo)
-    demo.set_defaults(handler=_cmd_demo)
+    demo.set_defaults(handler=_lazy("demo:run_demo"))
 
     serve = commands.add_parser(
         "serve",
@@ -434,7 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     serve.add_argument("--model", default=None, help="model directory (default: the shipped model)")
     _add_device(serve)
-    serve.set_defaults(handler=_cmd_serve)
+    serve.set_defaults(handler=_lazy("app:serve"))
 
     predict = commands.add_parser(
         "predict",
