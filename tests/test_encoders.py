@@ -53,3 +53,16 @@ def test_psnr_known_values():
     assert psnr(a, a).item() > 90
     b = a + 2 / 255  # one gray level off in [-1, 1] units is 1/127.5; this is 1 level on 0..255
     assert abs(psnr(b, a).item() - 10 * torch.log10(torch.tensor(255.0**2 / 1.0)).item()) < 0.01
+
+
+def test_judge_averages_mirrors_and_shifts():
+    torch.manual_seed(0)
+    judge = EmotionJudge().eval()
+    assert judge.config.tta_shift == 2
+    images = torch.rand(2, 1, 48, 48) * 2 - 1
+    probs = judge.predict_proba(images)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    torch.testing.assert_close(judge.predict_proba(images.flip(-1)), probs, rtol=1e-4, atol=1e-5)
+    judge.register_to_config(tta_shift=0)
+    mirror_only = judge.predict_proba(images)
+    assert not torch.allclose(mirror_only, probs)  # the shifted views do contribute

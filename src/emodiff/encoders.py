@@ -34,9 +34,18 @@ class EmotionClassifier(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities averaged over the image and its mirror (faces are near-symmetric)."""
-        both = self.logits(torch.cat([images, images.flip(-1)])).float().softmax(-1)
-        return (both[: len(images)] + both[len(images) :]) / 2
+        """Class probabilities averaged over the image and its mirror (faces are near-symmetric) and,
+        when the config sets ``tta_shift``, over the image moved that many pixels each way."""
+        shift = self.config.get("tta_shift", 0)
+        views = [images]
+        if shift:
+            padded = F.pad(images, (shift,) * 4, mode="replicate")
+            size_y, size_x = images.shape[-2:]
+            for dy, dx in ((0, shift), (0, -shift), (shift, 0), (-shift, 0)):
+                views.append(padded[..., shift + dy : shift + dy + size_y, shift + dx : shift + dx + size_x])
+        views += [view.flip(-1) for view in views]
+        probs = self.logits(torch.cat(views)).float().softmax(-1)
+        return probs.view(len(views), len(images), -1).mean(0)
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = self.logits(images)
@@ -109,7 +118,8 @@ class EmotionJudge(EmotionClassifier):
     """The evaluation classifier: a ResNet-18 layout (2-2-2-2 basic blocks) at full 48x48 resolution.
 
     Written here rather than taken from timm because timm needs torchvision, which has no build
-    for this torch on the CPU machines. It only ever judges edits; nothing steers generation with it.
+    for this torch on the CPU machines. It only ever judges edits; nothing steers generation with
+    it, so its predictions can afford 10 views (mirror x 2-pixel shifts, ``tta_shift``).
     """
 
     @register_to_config
@@ -120,6 +130,7 @@ class EmotionJudge(EmotionClassifier):
         num_classes: int = len(EMOTIONS),
         dropout: float = 0.3,
         label_smoothing: float = 0.1,
+        tta_shift: int = 2,
     ):
         super().__init__()
         layers, channels = _conv_bn_relu(1, widths[0]), widths[0]
