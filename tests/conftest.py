@@ -42,6 +42,15 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EMODIFF_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
 
 
+@pytest.fixture(autouse=True)
+def _fresh_accelerate_state():
+    """accelerate keeps one process-wide state; each test may ask for its own precision."""
+    yield
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
 @pytest.fixture
 def fer_csv(tmp_path) -> Path:
     images, labels, usage = synthetic_faces(96)

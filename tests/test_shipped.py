@@ -34,11 +34,9 @@ def test_predict_runs_on_the_bundled_faces():
 @pytest.mark.parametrize("kind, floor", [("cnn", 0.56), ("judge", 0.60)])
 def test_shipped_classifiers_recognise_real_publictest_faces(real_publictest_csv, kind, floor):
     """A regression guard on 300 held-out faces (the README has the full-split numbers)."""
-    from accelerate import Accelerator
-
     from emodiff.data import load_fer2013
-    from emodiff.training import evaluate_encoder
+    from emodiff.training import evaluate_encoder, make_accelerator
 
     faces = load_fer2013(real_publictest_csv)
-    accuracy = evaluate_encoder(load_encoder(kind), faces, Accelerator(cpu=True))["accuracy"]
+    accuracy = evaluate_encoder(load_encoder(kind), faces, make_accelerator("cpu"))["accuracy"]
     assert accuracy >= floor, accuracy
