@@ -36,6 +36,15 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
 
 
+def _add_run_control(parser: argparse.ArgumentParser) -> None:
+    """Checkpointing, resuming, bad-row handling and device: shared by both training commands."""
+    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    parser.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    parser.add_argument("--stop-at-step", type=int, default=None, help="end this invocation after this optimizer step (resumable)")
+    _add_device(parser)
+
+
 def _add_device(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto = cuda if available)"
@@ -248,13 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
     train.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and initialisation (default: 0)")
-    train.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
-    train.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    train.add_argument(
-        "--stop-at-step", type=int, default=None, help="end this invocation after this optimizer step (resumable)"
-    )
-    _add_device(train)
+    _add_run_control(train)
     train.set_defaults(handler=_cmd_train_encoder)
 
     train_dm = commands.add_parser(
@@ -282,11 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     train_dm.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
     train_dm.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
     train_dm.add_argument("--seed", type=int, default=0, help="seed of data order, noise and initialisation (default: 0)")
-    train_dm.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
-    train_dm.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    train_dm.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    train_dm.add_argument("--stop-at-step", type=int, default=None, help="end this invocation after this step (resumable)")
-    _add_device(train_dm)
+    _add_run_control(train_dm)
     train_dm.set_defaults(handler=_cmd_train)
 
     edit = commands.add_parser(
