@@ -255,7 +255,8 @@ def _write_cache(cache: Path, faces: FaceSet) -> None:
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """uint8 (B, H, W) -> float (B, 1, H, W) in [-1, 1], the range every model here takes."""
-    return torch.from_numpy(np.ascontiguousarray(images)).float().div(127.5).sub(1.0).unsqueeze(1)
+    writable = np.require(images, dtype=np.uint8, requirements=["C", "W"])  # copies only read-only views (PIL)
+    return torch.from_numpy(writable).float().div(127.5).sub(1.0).unsqueeze(1)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
