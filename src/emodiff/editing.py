@@ -17,13 +17,10 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import faces as face_ops
-from .data import EMOTIONS, IMAGE_SIZE, parse_emotion, parse_emotions
+from .data import EMOTIONS, IMAGE_SIZE, IMAGE_SUFFIXES, parse_emotion, parse_emotions
 from .files import save_image
 from .grid import labelled_grid
 from .pipeline import EditSettings, EmotionEditPipeline, sampling_scheduler
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff"}
-
 
 @dataclass
 class Prepared:
