@@ -108,7 +108,7 @@ def test_sample_writes_n_faces(model_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"surprise_{i:03d}.png" for i in range(3)]
 
 
-@pytest.mark.parametrize("command", ["train-encoder", "train", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "demo", "serve"])
+@pytest.mark.parametrize("command", ["train-encoder", "train", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "reproduce-table1", "demo", "serve"])
 def test_every_option_has_help(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
@@ -121,3 +121,46 @@ def test_console_script_help_runs():
     assert result.returncode == 0
     for command in ("train-encoder", "train", "edit", "sample"):
         assert command in result.stdout
+
+
+def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path):
+    import json
+
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--steps", "3", "--out", str(out)]
+    assert main([*args, "--device", "cpu"]) == 0
+    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "grid.png", "confusion.png"}
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["inputs"] == 7 and metrics["edits"] == 49
+    assert "| **all** |" in (out / "report.md").read_text()
+
+
+def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    assert main([*args, "--modes", "invert,paper", "--strengths", "0.5,0.8", "--guidances", "1,3", "--steps", "2,4"]) == 0
+    result = json.loads((out / "sweep.json").read_text())
+    settings = {(r["mode"], r["strength"], r["guidance"], r["steps"]) for r in result["rows"]}
+    assert len(result["rows"]) == len(settings) == 2 * 2 * 2 + 2 * 2  # paper mode has no strength
+    assert result["chosen"] in result["rows"]
+    assert "**(chosen)**" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [(["--model", "nowhere"], "nowhere"), (["--strength", "1.5"], "strength"), (["--per-class", "0"], "--per-class")],
+)
+def test_evaluate_refuses_bad_options_before_any_work(model_dir, fer_csv, tmp_path, capsys, bad, message):
+    out = tmp_path / "eval"
+    args = ["evaluate", "--model", str(model_dir), "--data", str(fer_csv), "--out", str(out), *bad]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_an_unknown_split_is_refused_with_the_valid_names(fer_csv, tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        main(["evaluate", "--data", str(fer_csv), "--out", str(tmp_path / "e"), "--split", "Validation"])
+    assert "PublicTest" in capsys.readouterr().err

@@ -160,3 +160,22 @@ def test_public_edit_and_sample_api_take_pil_and_arrays():
 def test_bad_edit_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
         EditSettings(**overrides)
+
+
+@pytest.mark.parametrize("scheduler, key", [("ddim", "clip_sample"), ("ddpm", "clip_sample"), ("dpm", "thresholding")])
+def test_x0_clipping_is_on_from_noise_off_when_decoding_an_inversion(scheduler, key):
+    pipe = tiny_pipeline()
+    pipe.scheduler = sampling_scheduler(scheduler, pipe.scheduler)
+    seen, step, before = [], pipe.scheduler.step, pipe.scheduler.config[key]
+
+    def recording_step(*args, **kwargs):
+        seen.append(pipe.scheduler.config[key])
+        return step(*args, **kwargs)
+
+    pipe.scheduler.step = recording_step
+    pipe.sample("happy", 1, steps=3)
+    from_noise, seen[:] = list(seen), []
+    pipe.edit_faces(faces(1), [3], EditSettings(mode="invert", strength=0.5, steps=4))
+    assert from_noise and all(from_noise)
+    assert seen and not any(seen)
+    assert pipe.scheduler.config[key] == before  # the scheduler is left as it was

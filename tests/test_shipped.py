@@ -40,3 +40,45 @@ def test_shipped_classifiers_recognise_real_publictest_faces(real_publictest_csv
     faces = load_fer2013(real_publictest_csv)
     accuracy = evaluate_encoder(load_encoder(kind), faces, make_accelerator("cpu"))["accuracy"]
     assert accuracy >= floor, accuracy
+
+
+def test_a_built_wheel_carries_every_weight_and_asset(tmp_path):
+    """pip users get the default model, the encoders and the demo files: package data, not repo files."""
+    import zipfile
+    from pathlib import Path
+
+    import emodiff
+
+    package = Path(emodiff.__file__).parent
+    root = package.parent.parent
+    if not (root / "pyproject.toml").is_file():
+        pytest.skip("emodiff is installed from a wheel here, not from the source tree")
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp_path), str(root)],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("emodiff-*.whl")
+    inside = set(zipfile.ZipFile(wheel).namelist())
+    data = [p for folder in ("weights", "assets") for p in (package / folder).rglob("*") if p.is_file()]
+    expected = {p.relative_to(package.parent).as_posix() for p in data}
+    assert "emodiff/weights/default/denoiser/diffusion_pytorch_model.safetensors" in expected
+    assert expected <= inside, sorted(expected - inside)
+
+
+def test_the_default_model_is_shipped_small_and_edits_a_face_out_of_the_box(tmp_path):
+    from emodiff.pipeline import DEFAULT_MODEL
+    from emodiff.predict import sample_faces
+
+    default_bytes = sum(f.stat().st_size for f in DEFAULT_MODEL.rglob("*") if f.is_file())
+    all_bytes = sum(f.stat().st_size for f in SHIPPED_WEIGHTS.rglob("*") if f.is_file())
+    assert default_bytes <= 10 * 2**20 and all_bytes <= 25 * 2**20, (default_bytes, all_bytes)
+
+    face = sample_faces()[0]
+    result = subprocess.run(
+        [sys.executable, "-m", "emodiff.cli", "edit", str(face), "--to", "all", "--out", str(tmp_path), "--device", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    written = sorted(p.name for p in tmp_path.glob("*.png"))
+    assert written == sorted(f"{face.stem}_{name}.png" for name in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))

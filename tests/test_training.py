@@ -54,6 +54,26 @@ def test_resume_continues_from_the_saved_step_and_matches_uninterrupted(fer_csv,
         torch.testing.assert_close(a[key], b[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
+def test_init_fine_tunes_from_a_trained_model_of_the_same_kind(fer_csv, tmp_path):
+    start = tmp_path / "start"
+    train_encoder(_config(fer_csv, start, epochs=1))
+    trained = dict(load_encoder(start).named_parameters())
+
+    def weights_after_one_step(out, **overrides):  # lr ~0: one step leaves the starting weights
+        train_encoder(_config(fer_csv, out, lr=1e-12, stop_at_step=1, **overrides))
+        return {k.removeprefix("model."): v for k, v in load_file(str(out / CHECKPOINT)).items() if k.startswith("model.")}
+
+    fine_tuned = weights_after_one_step(tmp_path / "fine", init=str(start))
+    scratch = weights_after_one_step(tmp_path / "scratch")
+    for name, value in trained.items():
+        torch.testing.assert_close(fine_tuned[name], value.detach(), msg=name)
+    assert not all(torch.allclose(scratch[name], value) for name, value in trained.items())
+
+    with pytest.raises(ValueError, match="FaceVAE"):
+        train_encoder(_config(fer_csv, tmp_path / "vae", kind="vae", init=str(start)))
+    assert not (tmp_path / "vae").exists()
+
+
 def test_unknown_kind_is_refused(fer_csv, tmp_path):
     with pytest.raises(ValueError, match="cnn, vae, judge"):
         train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))

@@ -7,6 +7,7 @@ by side.
 
 from __future__ import annotations
 
+import os
 import tempfile
 import threading
 from pathlib import Path
@@ -22,6 +23,9 @@ from .pipeline import EditSettings
 from .predict import sample_faces
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# gradio's own limit only answers "Error" in the page, so it is set well above ours: uploads between
+# the two get check_upload's clear message, and the server still never takes a gigabyte.
+SERVER_UPLOAD_LIMIT = 10 * MAX_UPLOAD_BYTES
 
 
 class UploadError(ValueError):
@@ -77,6 +81,7 @@ class EditService:
 
 
 def build_app(service: EditService):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # offline tool: no telemetry calls
     try:
         import gradio as gr
     except ImportError:
@@ -85,6 +90,12 @@ def build_app(service: EditService):
     def run(path, chosen, strength):
         try:
             return service.edit(path, chosen, strength)
+        except UploadError as error:
+            raise gr.Error(str(error)) from None
+
+    def check(path):  # right after an upload, so a bad file is named before anyone presses Edit
+        try:
+            check_upload(path)
         except UploadError as error:
             raise gr.Error(str(error)) from None
 
@@ -106,13 +117,26 @@ def build_app(service: EditService):
                 edited = gr.Image(label="Edited", type="pil", elem_id="edited")
                 strip = gr.Gallery(label="All 7 emotions", columns=7, height="auto", elem_id="strip")
                 download = gr.File(label="Download", file_count="multiple", elem_id="download")
+        upload.upload(check, upload, None)
         button.click(run, [upload, chosen, strength], [edited, strip, download], concurrency_limit=2)
     return app
 
 
-def serve(args) -> int:
-    service = EditService(args.model, args.device)
+def launch(service: EditService, host: str, port: int, block: bool = True):
+    """Start the app; with ``block=False`` it serves from a background thread (tests, notebooks)."""
     app = build_app(service)
     app.queue(default_concurrency_limit=2)
-    app.launch(server_name=args.host, server_port=args.port, max_file_size=MAX_UPLOAD_BYTES, show_error=True)
+    app.launch(
+        server_name=host,
+        server_port=port,
+        max_file_size=SERVER_UPLOAD_LIMIT,
+        show_error=True,
+        prevent_thread_lock=not block,
+        quiet=not block,
+    )
+    return app
+
+
+def serve(args) -> int:
+    launch(EditService(args.model, args.device), args.host, args.port)
     return 0

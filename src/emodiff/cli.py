@@ -62,6 +62,7 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
+            init=args.init,
             device=args.device,
             seed=args.seed,
             checkpoint_minutes=args.checkpoint_minutes,
@@ -163,19 +164,9 @@ def _command_line() -> str:
 
 def _evaluation_inputs(args: argparse.Namespace):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
-    from .data import load_fer2013
-    from .encoders import EmotionJudge, load_encoder
-    from .evaluation import IdentityModel, sample_inputs
+    from .evaluation import load_evaluation_inputs
 
-    if args.per_class <= 0:
-        raise ValueError(f"--per-class must be positive, got {args.per_class}")
-    judge = load_encoder(args.judge)
-    if not isinstance(judge, EmotionJudge):
-        raise ValueError(f"--judge {args.judge}: a {type(judge).__name__}, expected an EmotionJudge")
-    split = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
-    if len(split) == 0:
-        raise ValueError(f"{args.data}: no {args.split} rows to evaluate on")
-    return sample_inputs(split, args.per_class, args.seed), split, judge, IdentityModel()
+    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad)
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -206,9 +197,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from .pipeline import EditSettings
 
     grid = []
-    for mode, guidance in itertools.product(args.modes, args.guidances):
+    for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
-            grid.append(EditSettings(mode=mode, strength=strength, steps=args.steps, guidance=guidance))
+            grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance))
     models = args.model or [None]
     pipelines = {m or "shipped": load_pipeline(m, args.scheduler, args.device) for m in models}
     inputs, split, judge, identity = _evaluation_inputs(args)
@@ -224,6 +215,44 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line())))
     sweep_plot(rows, chosen, out / "sweep.png")
     print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
+    return 0
+
+
+def _variant_models(items: list[str] | None) -> dict[str, str]:
+    models = {}
+    for item in items or []:
+        variant, sep, directory = item.partition("=")
+        if not sep or not directory:
+            raise ValueError(f"--models {item!r}: expected VARIANT=DIR, e.g. label=runs/label")
+        models[variant] = directory
+    return models
+
+
+def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
+    from .pipeline import EditSettings
+    from .table1 import Table1Config, reproduce_table1
+
+    train = {"batch_size": args.batch_size, "block_out_channels": args.channels, "layers_per_block": args.layers_per_block}
+    train["attention_levels"] = (False,) * len(args.channels)
+    config = Table1Config(
+        data=args.data,
+        out=args.out,
+        images=args.images,
+        models=_variant_models(args.models),
+        train=train,
+        settings=EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance),
+        paper_steps=args.paper_steps,
+        per_class=args.per_class,
+        split=args.split,
+        judge=args.judge,
+        scheduler=args.scheduler,
+        seed=args.seed,
+        device=args.device,
+        skip_bad=args.skip_bad,
+        resume=args.resume,
+    )
+    reproduce_table1(config, _command_line())
+    print(f"table in {Path(args.out) / 'table1.md'}")
     return 0
 
 
@@ -257,6 +286,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
     train.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and initialisation (default: 0)")
+    train.add_argument(
+        "--init",
+        default=None,
+        help="start from the weights of this trained model directory of the same kind (fine-tuning with a fresh "
+        "warm-up + cosine schedule) instead of a random initialisation",
+    )
     _add_run_control(train)
     train.set_defaults(handler=_cmd_train_encoder)
 
@@ -380,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="evaluate a grid of edit settings and choose the best one",
-        description="Run the evaluate measures over every combination of --modes, --strengths and --guidances (paper "
+        description="Run the evaluate measures over every combination of --modes, --strengths, --guidances and --steps (paper "
         "mode ignores strength) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
         "(macro F1 against identity kept, one curve per model and mode). The chosen setting is the best macro F1 "
         "among those keeping >= 90%% of edits under the 0.6 identity distance, else the best F1 x identity kept.",
@@ -389,11 +424,33 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert", "sdedit"), help="comma-separated modes (default: invert,sdedit)")
     sweep.add_argument("--strengths", type=_float_list, default=(0.5, 0.7, 0.9), help="comma-separated strengths (default: 0.5,0.7,0.9)")
     sweep.add_argument("--guidances", type=_float_list, default=(1.0, 3.0, 5.0), help="comma-separated guidance scales (default: 1,3,5)")
-    sweep.add_argument("--steps", type=int, default=20, help="sampler steps (default: 20)")
+    sweep.add_argument("--steps", type=_int_list, default=(20,), help="comma-separated sampler step counts (default: 20)")
     sweep.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
     add_evaluation_options(sweep)
     sweep.set_defaults(handler=_cmd_sweep)
+
+    table1 = commands.add_parser(
+        "reproduce-table1",
+        help="train the label, cnn and vae variants at one budget and reproduce the paper's Table 1",
+        description="Train the three variants of the paper with the same recipe and the same budget in training "
+        "images seen (or take trained ones with --models), then evaluate each on --split twice: in the paper's protocol "
+        "(from pure noise, target label + the input's semantic code, no guidance) and with the edit options below "
+        "(default: emodiff's defaults). Writes OUT/table1.md (the paper's rows beside ours, with identity kept, "
+        "realism and pixel change, and the runs' images, minutes and hardware), OUT/table1.json, OUT/runs/<variant>/ "
+        "and OUT/evaluations/<protocol>-<variant>/. With --resume, a variant already trained to the budget is not "
+        "trained again and an unfinished one continues from its checkpoint.",
+    )
+    table1.add_argument("--images", type=int, default=600_000, help="training budget per variant in images seen (default: 600000)")
+    table1.add_argument("--models", nargs="+", metavar="VARIANT=DIR", help="use these trained model directories instead of training, e.g. label=runs/label")
+    table1.add_argument("--resume", action="store_true", help="continue a reproduction in --out")
+    table1.add_argument("--batch-size", type=int, default=64, help="training images per step (default: 64)")
+    table1.add_argument("--channels", type=_int_list, default=(32, 64, 128), help="UNet widths per level (default: 32,64,128)")
+    table1.add_argument("--layers-per-block", type=int, default=2, help="ResNet layers per UNet level (default: 2)")
+    table1.add_argument("--paper-steps", type=int, default=50, help="DDIM steps of the paper-protocol rows (default: 50)")
+    add_evaluation_options(table1)
+    _add_edit_options(table1)
+    table1.set_defaults(handler=_cmd_reproduce_table1)
 
     demo = commands.add_parser(
         "demo",

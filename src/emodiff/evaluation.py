@@ -128,6 +128,22 @@ def sample_inputs(faces: FaceSet, per_class: int, seed: int = 0) -> FaceSet:
     return faces.take(np.concatenate([np.sort(p) for p in picks]))
 
 
+def load_evaluation_inputs(data: str, split: str, per_class: int, judge: str = "judge", seed: int = 0, skip_bad: bool = False):
+    """(inputs, the whole split, judge, identity model): everything an evaluation needs, checked first."""
+    from .data import load_fer2013
+    from .encoders import load_encoder
+
+    if per_class <= 0:
+        raise ValueError(f"--per-class must be positive, got {per_class}")
+    judge_model = load_encoder(judge)
+    if not isinstance(judge_model, EmotionJudge):
+        raise ValueError(f"--judge {judge}: a {type(judge_model).__name__}, expected an EmotionJudge")
+    faces = load_fer2013(data, skip_bad=skip_bad).split(split)
+    if len(faces) == 0:
+        raise ValueError(f"{data}: no {split} rows to evaluate on")
+    return sample_inputs(faces, per_class, seed), faces, judge_model, IdentityModel()
+
+
 @dataclass
 class EditEvaluation:
     inputs: FaceSet

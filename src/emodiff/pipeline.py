@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,12 +52,12 @@ def training_scheduler() -> DDPMScheduler:
 
 
 def sampling_scheduler(name: str = "ddim", base=None):
-    """A sampler over the training betas: 'trailing' spacing so few steps still start at t = T, and
-    no x0 clipping, which would make decoding disagree with the (unclipped) inversion."""
+    """A sampler over the training betas: 'trailing' spacing so few steps still start at t = T. x0
+    clipping is switched per call by the pipeline (on from noise, off when decoding an inversion)."""
     if name not in SCHEDULERS:
         raise ValueError(f"unknown scheduler {name!r}: expected one of {', '.join(SCHEDULERS)}")
     # as keyword overrides: from_config drops keys the base config took as defaults
-    return SCHEDULERS[name].from_config((base or training_scheduler()).config, timestep_spacing="trailing", clip_sample=False)
+    return SCHEDULERS[name].from_config((base or training_scheduler()).config, timestep_spacing="trailing")
 
 
 @dataclass(frozen=True)
@@ -213,7 +214,8 @@ class EmotionEditPipeline:
         repeat = lambda t: None if t is None else t.repeat_interleave(per_face, 0)  # noqa: E731
         labels = torch.tensor(targets, device=self.device).repeat(count)
         generator = torch.Generator().manual_seed(seed)
-        edited = self._denoise(repeat(start), timesteps, labels, repeat(codes), settings.guidance, generator)
+        clip_x0 = settings.mode != "invert"
+        edited = self._denoise(repeat(start), timesteps, labels, repeat(codes), settings.guidance, generator, clip_x0)
         return to_uint8(edited).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
@@ -249,10 +251,19 @@ class EmotionEditPipeline:
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
-    def _denoise(self, x, timesteps, labels, codes, guidance, generator) -> torch.Tensor:
-        for t in timesteps:
-            eps = self._eps(x, t, labels, codes, guidance)
-            x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+    def _denoise(self, x, timesteps, labels, codes, guidance, generator, clip_x0: bool = True) -> torch.Tensor:
+        """Run the sampler; ``clip_x0`` keeps its x0 estimates in [-1, 1] with the scheduler's own clipping
+        (thresholding for DPM-Solver), which steadies generation from noise. Off when decoding an
+        inversion, whose unclipped path it must mirror."""
+        key = "clip_sample" if "clip_sample" in inspect.signature(type(self.scheduler)).parameters else "thresholding"
+        before = self.scheduler.config[key]
+        self.scheduler.register_to_config(**{key: clip_x0})
+        try:
+            for t in timesteps:
+                eps = self._eps(x, t, labels, codes, guidance)
+                x = self.scheduler.step(eps, t, x, generator=generator).prev_sample
+        finally:
+            self.scheduler.register_to_config(**{key: before})
         return x.clamp(-1, 1)
 
     def _invert(self, x0, timesteps, labels, codes) -> torch.Tensor:

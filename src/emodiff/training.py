@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
+import platform
 import signal
 import threading
 import time
@@ -51,6 +53,15 @@ def make_accelerator(device: str = "auto", out: Path | None = None) -> Accelerat
         project_dir=str(out) if out else None,
         log_with="tensorboard" if tensorboard else None,
     )
+
+
+def describe_hardware(accelerator: Accelerator) -> str:
+    """Where a run ran, for the records kept next to its weights."""
+    if accelerator.device.type == "cuda":
+        where = torch.cuda.get_device_name(accelerator.device)
+    else:
+        where = f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} threads"
+    return f"{accelerator.num_processes} x {where}, mixed precision {accelerator.mixed_precision}, torch {torch.__version__}"
 
 
 def announce(accelerator: Accelerator, what: str, faces: int) -> None:
@@ -202,6 +213,7 @@ class EncoderTrainConfig:
     epochs: int | None = None  # None: the kind's recipe
     batch_size: int = 128
     lr: float | None = None
+    init: str | None = None  # trained model dir of the same kind to fine-tune from
     device: str = "auto"
     seed: int = 0
     checkpoint_minutes: float = 5.0
@@ -258,6 +270,10 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
         raise ValueError(f"unknown encoder kind {config.kind!r}: expected one of {', '.join(ENCODER_CLASSES)}")
     recipe = ENCODER_RECIPES[config.kind]
     epochs = config.epochs or recipe.epochs
+    start = load_encoder(config.init) if config.init and not config.resume else None
+    if start is not None and type(start) is not ENCODER_CLASSES[config.kind]:
+        expected = ENCODER_CLASSES[config.kind].__name__
+        raise ValueError(f"--init {config.init}: a {type(start).__name__}, but {config.kind} is a {expected}")
     out = Path(config.out)
     resuming = prepare_out_dir(out, config.resume)
     accelerator = make_accelerator(config.device, out)
@@ -271,6 +287,8 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
 
     torch.manual_seed(config.seed)
     model = ENCODER_CLASSES[config.kind]()
+    if start is not None:
+        model.load_state_dict(start.state_dict())
     announce(accelerator, f"train-encoder {config.kind}", len(train))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr or recipe.lr, weight_decay=recipe.weight_decay)
     global_batch = min(config.batch_size, len(train))
@@ -472,7 +490,8 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
         save_checkpoint(out / CHECKPOINT, {"model": denoiser, "ema": ema_denoiser}, optimizer, scheduler, state)
         pipeline = EmotionEditPipeline(ema_denoiser, sampling_scheduler("ddim", noise_scheduler), encoder)
         pipeline.to(device).save_pretrained(out)
-        atomic_write(out / "training_config.json", lambda t: t.write_text(json.dumps(asdict(config), indent=2)))
+        record = {**asdict(config), "hardware": describe_hardware(accelerator)}
+        atomic_write(out / "training_config.json", lambda t: t.write_text(json.dumps(record, indent=2)))
         write_sample_grid(pipeline, out / "samples" / f"images_{step * global_batch:09d}.png", seed=config.seed)
 
     def log_window() -> None:
