@@ -179,3 +179,14 @@ def test_x0_clipping_is_on_from_noise_off_when_decoding_an_inversion(scheduler, 
     assert from_noise and all(from_noise)
     assert seen and not any(seen)
     assert pipe.scheduler.config[key] == before  # the scheduler is left as it was
+
+
+def test_cpu_chunking_of_the_denoiser_batch_does_not_change_edits(monkeypatch):
+    import emodiff.pipeline as pipeline_module
+
+    pipe = tiny_pipeline()
+    settings = EditSettings(mode="invert", strength=0.6, steps=5)
+    whole = pipe.edit_faces(faces(3), [0, 3, 5], settings)
+    monkeypatch.setattr(pipeline_module, "CPU_CHUNK", 4)  # 3 faces x 3 targets x 2 (guidance) = 18 rows -> 5 pieces
+    chunked = pipe.edit_faces(faces(3), [0, 3, 5], settings)
+    np.testing.assert_allclose(chunked.astype(int), whole.astype(int), atol=2)  # bf16 kernels may vary with batch size

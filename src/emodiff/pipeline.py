@@ -35,6 +35,7 @@ from .files import save_model_dir
 MODES = ("paper", "sdedit", "invert")
 SCHEDULERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+CPU_CHUNK = 64
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -62,12 +63,12 @@ def sampling_scheduler(name: str = "ddim", base=None):
 
 @dataclass(frozen=True)
 class EditSettings:
-    """How to edit; the defaults are the settings chosen by looking at grids (see README)."""
+    """How to edit; the defaults are the sweep's choice for the shipped model (README, docs/sweep)."""
 
     mode: str = "invert"
-    strength: float = 0.7
-    steps: int = 20
-    guidance: float = 4.0
+    strength: float = 0.6
+    steps: int = 10
+    guidance: float = 5.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -242,14 +243,24 @@ class EmotionEditPipeline:
     def _eps(self, x, t, labels, codes, guidance: float) -> torch.Tensor:
         """Noise prediction with classifier-free guidance on the label (the code is kept in both halves)."""
         timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-        with self._autocast():
-            if guidance == 1.0:
-                return self.denoiser(x, timestep, labels, codes).float()
-            doubled = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
-            null = torch.full_like(labels, NULL_LABEL)
-            both = self.denoiser(doubled(x), doubled(timestep), torch.cat([labels, null]), doubled(codes)).float()
+        if guidance == 1.0:
+            return self._predict(x, timestep, labels, codes)
+        doubled = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
+        null = torch.full_like(labels, NULL_LABEL)
+        both = self._predict(doubled(x), doubled(timestep), torch.cat([labels, null]), doubled(codes))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
+
+    def _predict(self, x, timestep, labels, codes) -> torch.Tensor:
+        """The denoiser over ``x`` in pieces of at most CPU_CHUNK on a CPU: measured there, a 48x48 batch
+        of 280 runs at 90 images/s and pieces of 64 at 205 (caches); a GPU takes the batch whole."""
+        size = CPU_CHUNK if self.device.type == "cpu" else len(x)
+        pieces = []
+        with self._autocast():
+            for i in range(0, len(x), size):
+                piece_codes = None if codes is None else codes[i : i + size]
+                pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
+        return torch.cat(pieces)
 
     def _denoise(self, x, timesteps, labels, codes, guidance, generator, clip_x0: bool = True) -> torch.Tensor:
         """Run the sampler; ``clip_x0`` keeps its x0 estimates in [-1, 1] with the scheduler's own clipping
