@@ -17,7 +17,6 @@ import platform
 import statistics
 import time
 
-import numpy as np
 import torch
 
 from emodiff.data import EMOTIONS

@@ -164,3 +164,21 @@ def test_an_unknown_split_is_refused_with_the_valid_names(fer_csv, tmp_path, cap
     with pytest.raises(SystemExit):
         main(["evaluate", "--data", str(fer_csv), "--out", str(tmp_path / "e"), "--split", "Validation"])
     assert "PublicTest" in capsys.readouterr().err
+
+
+def test_test_encoder_scores_a_judge_with_and_without_test_time_views(fer_csv, tmp_path, capsys):
+    import torch
+
+    from emodiff.encoders import EmotionJudge
+
+    torch.manual_seed(0)
+    judge = EmotionJudge(widths=(8, 8, 8, 8), blocks=(1, 1, 1, 1))
+    with torch.no_grad():  # confident logits, so that the views' disagreement shows in the printed loss
+        judge.head[1].weight.mul_(100)
+    judge.save_pretrained(tmp_path / "judge")
+    base = ["test-encoder", str(tmp_path / "judge"), "--data", str(fer_csv), "--device", "cpu"]
+    assert main(base) == 0
+    assert main([*base, "--tta-shift", "0", "--tta-rotate", "0", "--tta-zoom", "0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("EmotionJudge on")]
+    assert len(lines) == 2 and all("accuracy" in line for line in lines)
+    assert lines[0] != lines[1]  # 18 views against the mirror pair: the loss differs

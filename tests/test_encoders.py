@@ -55,14 +55,36 @@ def test_psnr_known_values():
     assert abs(psnr(b, a).item() - 10 * torch.log10(torch.tensor(255.0**2 / 1.0)).item()) < 0.01
 
 
-def test_judge_averages_mirrors_and_shifts():
+def test_judge_averages_mirrors_shifts_turns_and_zooms():
     torch.manual_seed(0)
     judge = EmotionJudge().eval()
-    assert judge.config.tta_shift == 2
     images = torch.rand(2, 1, 48, 48) * 2 - 1
+    assert len(judge.tta_views(images)) == 18
     probs = judge.predict_proba(images)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
+    # the views come in mirrored pairs, so an image and its mirror get the same prediction
     torch.testing.assert_close(judge.predict_proba(images.flip(-1)), probs, rtol=1e-4, atol=1e-5)
-    judge.register_to_config(tta_shift=0)
-    mirror_only = judge.predict_proba(images)
-    assert not torch.allclose(mirror_only, probs)  # the shifted views do contribute
+    previous = probs
+    for key in ("tta_rotate_deg", "tta_zoom", "tta_shift"):
+        judge.register_to_config(**{key: 0})
+        fewer_views = judge.predict_proba(images)
+        assert not torch.allclose(fewer_views, previous)  # each kind of view contributes
+        previous = fewer_views
+    assert len(judge.tta_views(images)) == 2
+    expected = judge.logits(torch.cat([images, images.flip(-1)])).softmax(-1).view(2, 2, -1).mean(0)
+    torch.testing.assert_close(previous, expected)
+
+
+def test_judge_views_are_exact_pixel_shifts_and_stay_fp32_under_autocast():
+    judge = EmotionJudge(tta_rotate_deg=0, tta_zoom=0).eval()
+    images = torch.rand(2, 1, 48, 48) * 2 - 1
+    padded = torch.nn.functional.pad(images, (2,) * 4, mode="replicate")
+    views = judge.tta_views(images)
+    shifted = [padded[..., 2 + dy : 50 + dy, 2 + dx : 50 + dx] for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))]
+    for view, expected in zip(views[1:5], shifted):
+        torch.testing.assert_close(view, expected, rtol=0, atol=1e-5)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = judge.tta_views(images)
+    for view, reference in zip(under_autocast, views):
+        assert view.dtype == torch.float32
+        torch.testing.assert_close(view, reference, rtol=0, atol=1e-5)

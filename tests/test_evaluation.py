@@ -6,7 +6,7 @@ import torch
 from PIL import Image, ImageFilter
 from sklearn.metrics import f1_score, precision_score, recall_score
 
-from emodiff.data import EMOTIONS, FaceSet
+from emodiff.data import FaceSet
 from emodiff.encoders import EmotionJudge
 from emodiff.evaluation import (
     IdentityModel, choose_setting, emotion_scores, evaluate_editor, frechet_distance, sample_inputs, write_report,
@@ -50,6 +50,15 @@ def test_identity_distance_small_for_a_blur_large_for_another_person(identity, r
     others = identity.distance(real_faces, np.roll(real_faces, 1, axis=0))
     assert np.median(same) < 0.45 < np.median(others)
     assert np.all(identity.distance(real_faces, real_faces) < 1e-6)
+
+
+def test_identity_descriptors_over_worker_processes_match_one_process(real_faces, monkeypatch):
+    import emodiff.identity
+
+    monkeypatch.setattr(emodiff.identity, "PARALLEL_MIN_FACES", 4)
+    faces = np.concatenate([real_faces, real_faces[::-1]])
+    parallel = IdentityModel(workers=2)
+    np.testing.assert_allclose(parallel.descriptors(faces), parallel._descriptors(faces), atol=1e-6)
 
 
 def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift(judge):

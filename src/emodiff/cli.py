@@ -129,8 +129,8 @@ def _cmd_test_encoder(args: argparse.Namespace) -> int:
     from .training import evaluate_encoder, make_accelerator
 
     model = load_encoder(args.model)
-    if args.tta_shift is not None:
-        model.register_to_config(tta_shift=args.tta_shift)
+    overrides = {"tta_shift": args.tta_shift, "tta_rotate_deg": args.tta_rotate, "tta_zoom": args.tta_zoom}
+    model.register_to_config(**{key: value for key, value in overrides.items() if value is not None})
     faces = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
     if len(faces) == 0:
         raise ValueError(f"{args.data}: no {args.split} rows")
@@ -374,7 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     test_encoder.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
     test_encoder.add_argument("--split", default="PublicTest", type=_split, help="Training, PublicTest or PrivateTest (default: PublicTest)")
     test_encoder.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    test_encoder.add_argument("--tta-shift", type=int, default=None, help="classifiers: average over shifts of this many pixels too (0: mirror only; default: the model's own setting)")
+    test_encoder.add_argument("--tta-shift", type=int, default=None, help="classifiers: also average over the face moved this many pixels each way (0: none; default: the model's own setting)")
+    test_encoder.add_argument("--tta-rotate", type=float, default=None, help="classifiers: also average over the face turned this many degrees each way (0: none; default: the model's own)")
+    test_encoder.add_argument("--tta-zoom", type=float, default=None, help="classifiers: also average over the face zoomed by 1 ± this fraction (0: none; default: the model's own)")
     _add_device(test_encoder)
     test_encoder.set_defaults(handler=_cmd_test_encoder)
 

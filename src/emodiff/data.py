@@ -282,9 +282,21 @@ def augment(
     angle = uniform() * math.radians(max_rotate_deg)
     scale = 1.0 + uniform() * max_scale
     shift = torch.stack([uniform(), uniform()], dim=1) * max_shift * 2  # grid units span 2
+    return affine_warp(images, angle, scale, shift, flip_sign)
+
+
+def affine_warp(
+    images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, flip_sign: torch.Tensor
+) -> torch.Tensor:
+    """Resample each image rotated by ``angle`` (radians), zoomed by ``scale``, moved by ``shift``
+    ((B, 2), grid units: the image spans 2) and mirrored where ``flip_sign`` is -1, edges repeated.
+
+    Always in fp32: under bf16 autocast the sampling grid itself is rounded and blurs the image.
+    """
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     theta = torch.stack(
         [torch.stack([cos * flip_sign, -sin, shift[:, 0]], 1), torch.stack([sin * flip_sign, cos, shift[:, 1]], 1)], 1
     )
-    grid = F.affine_grid(theta.to(images), list(images.shape), align_corners=False)
-    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    with torch.autocast(images.device.type, enabled=False):
+        grid = F.affine_grid(theta.to(images.device, torch.float32), list(images.shape), align_corners=False)
+        return F.grid_sample(images.float(), grid, mode="bilinear", padding_mode="border", align_corners=False)

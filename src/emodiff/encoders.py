@@ -8,6 +8,7 @@ one training loop (``emodiff.training.train_encoder``) serves them all.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import torch
@@ -16,7 +17,7 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .data import EMOTIONS, IMAGE_SIZE
+from .data import EMOTIONS, IMAGE_SIZE, affine_warp
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
@@ -34,18 +35,28 @@ class EmotionClassifier(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities averaged over the image and its mirror (faces are near-symmetric) and,
-        when the config sets ``tta_shift``, over the image moved that many pixels each way."""
-        shift = self.config.get("tta_shift", 0)
-        views = [images]
-        if shift:
-            padded = F.pad(images, (shift,) * 4, mode="replicate")
-            size_y, size_x = images.shape[-2:]
-            for dy, dx in ((0, shift), (0, -shift), (shift, 0), (-shift, 0)):
-                views.append(padded[..., shift + dy : shift + dy + size_y, shift + dx : shift + dx + size_x])
-        views += [view.flip(-1) for view in views]
+        """Class probabilities averaged over the image and its mirror (faces are near-symmetric) and
+        over the test-time views the config asks for (``tta_views``)."""
+        views = self.tta_views(images)
         probs = self.logits(torch.cat(views)).float().softmax(-1)
         return probs.view(len(views), len(images), -1).mean(0)
+
+    def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """The image; moved ``tta_shift`` pixels each way, turned ±``tta_rotate_deg``, zoomed by
+        1 ± ``tta_zoom`` where the config sets them; and the mirror of each."""
+        config = self.config
+        shift, rotate, zoom = config.get("tta_shift", 0), config.get("tta_rotate_deg", 0.0), config.get("tta_zoom", 0.0)
+        moves = [(0.0, 1.0, dx, dy) for dx, dy in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))] if shift else []
+        moves += [(sign * rotate, 1.0, 0, 0) for sign in (1, -1)] if rotate else []
+        moves += [(0.0, 1.0 + sign * zoom, 0, 0) for sign in (1, -1)] if zoom else []
+        views = [images]
+        for degrees, scale, dx, dy in moves:
+            per_image = torch.ones(len(images), device=images.device)
+            shift_grid = torch.tensor([dx, dy], dtype=torch.float32, device=images.device) * 2 / images.shape[-1]
+            views.append(
+                affine_warp(images, per_image * math.radians(degrees), per_image * scale, shift_grid.expand(len(images), 2), per_image)
+            )
+        return views + [view.flip(-1) for view in views]
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = self.logits(images)
@@ -119,7 +130,8 @@ class EmotionJudge(EmotionClassifier):
 
     Written here rather than taken from timm because timm needs torchvision, which has no build
     for this torch on the CPU machines. It only ever judges edits; nothing steers generation with
-    it, so its predictions can afford 10 views (mirror x 2-pixel shifts, ``tta_shift``).
+    it, so its predictions can afford 18 views: the face and its mirror, each also moved 2 pixels
+    each way, turned ±6° and zoomed ±7% (about half the range of its training augmentation).
     """
 
     @register_to_config
@@ -131,6 +143,8 @@ class EmotionJudge(EmotionClassifier):
         dropout: float = 0.3,
         label_smoothing: float = 0.1,
         tta_shift: int = 2,
+        tta_rotate_deg: float = 6.0,
+        tta_zoom: float = 0.07,
     ):
         super().__init__()
         layers, channels = _conv_bn_relu(1, widths[0]), widths[0]
@@ -147,6 +161,10 @@ class EmotionJudge(EmotionClassifier):
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         return self.head(self.encode(images))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.widths[-1]
 
 
 class FaceVAE(ModelMixin, ConfigMixin):

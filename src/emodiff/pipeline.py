@@ -27,7 +27,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
-from .data import EMOTIONS, IMAGE_SIZE, parse_emotion, to_tensor, to_uint8
+from .data import IMAGE_SIZE, parse_emotion, to_tensor, to_uint8
 from .denoiser import NULL_LABEL, EmotionDenoiser
 from .encoders import EmotionClassifier, load_encoder
 from .files import save_model_dir

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from .data import FaceSet, augment, load_fer2013, to_tensor
 from .encoders import ENCODER_CLASSES, FaceVAE, load_encoder
 from .files import atomic_write, save_image, save_model_dir
-from .pipeline import bf16_supported
+from .pipeline import CPU_CHUNK, bf16_supported
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.csv"
@@ -234,8 +234,9 @@ class _Objective(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_encoder(model: nn.Module, faces: FaceSet, accelerator: Accelerator, batch_size: int = 512) -> dict:
+def evaluate_encoder(model: nn.Module, faces: FaceSet, accelerator: Accelerator) -> dict:
     """Validation metrics averaged over ``faces`` (weighted by batch size)."""
+    batch_size = CPU_CHUNK if accelerator.device.type == "cpu" else 512  # big batches are slow on a CPU
     model.eval()
     totals: dict[str, float] = {}
     for start in range(0, len(faces), batch_size):

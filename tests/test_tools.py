@@ -1,0 +1,47 @@
+import subprocess
+from pathlib import Path
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "checkpoints.sh"
+
+
+def _git(repo, *args):
+    return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
+
+
+def test_checkpoints_round_trip_through_their_own_branch_without_touching_main(tmp_path):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    _git(repo, "init", "-q", "-b", "main")
+    _git(repo, "config", "user.email", "t@example.com")
+    _git(repo, "config", "user.name", "t")
+    (repo / ".gitignore").write_text("runs/\n")
+    _git(repo, "add", ".gitignore")
+    _git(repo, "commit", "-q", "-m", "start")
+    head = _git(repo, "rev-parse", "HEAD")
+    run = repo / "runs" / "label"
+    (run / "samples").mkdir(parents=True)
+    (run / "checkpoint.safetensors").write_bytes(b"weights")
+    (run / "metrics.csv").write_text("step\n1\n")
+    (run / "samples" / "grid.png").write_bytes(b"png")
+
+    subprocess.run([str(SCRIPT), "save", "runs/label"], cwd=repo, check=True, capture_output=True)
+    assert _git(repo, "rev-parse", "HEAD") == head and not _git(repo, "status", "--porcelain")
+    assert _git(repo, "ls-tree", "-r", "--name-only", "checkpoints").split() == ["runs/label/checkpoint.safetensors", "runs/label/metrics.csv"]
+
+    (run / "metrics.csv").write_text("newer\n")  # a local file is never overwritten by a restore
+    (run / "checkpoint.safetensors").unlink()
+    subprocess.run([str(SCRIPT), "restore"], cwd=repo, check=True, capture_output=True)
+    assert (run / "checkpoint.safetensors").read_bytes() == b"weights"
+    assert (run / "metrics.csv").read_text() == "newer\n"
+
+    subprocess.run([str(SCRIPT), "save", "runs/label"], cwd=repo, check=True, capture_output=True)
+    assert _git(repo, "rev-list", "--count", "checkpoints").strip() == "1"  # replaced, not stacked
+
+
+def test_checkpoints_save_refuses_a_folder_without_a_checkpoint(tmp_path):
+    repo = tmp_path / "repo"
+    (repo / "runs" / "empty").mkdir(parents=True)
+    _git(repo, "init", "-q")
+    result = subprocess.run([str(SCRIPT), "save", "runs/empty"], cwd=repo, capture_output=True, text=True)
+    assert result.returncode == 2 and "runs/empty: no checkpoint.safetensors" in result.stderr
