@@ -91,6 +91,21 @@ def test_a_face_edits_the_same_alone_or_in_a_batch():
     np.testing.assert_allclose(batch[1].astype(int), alone[0].astype(int), atol=2)
 
 
+@pytest.mark.parametrize("mode", ["sdedit", "invert"])
+def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mode):
+    pipe = tiny_pipeline("label")  # untrained: its decodes look nothing like the input
+    x, source = faces(2, seed=4), [2, 5]
+    plain = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=False), source_labels=source, seed=1)
+    kept = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=True), source_labels=source, seed=1)
+    assert np.abs(plain[0, 1].astype(int) - x[0]).mean() > 20  # the plain decode loses the input ...
+    np.testing.assert_allclose(kept[0, 1], x[0], atol=1)  # ... editing to the source emotion returns it
+    np.testing.assert_allclose(kept[1, 2], x[1], atol=1)
+    for face, own in enumerate((1, 2)):
+        expected = np.clip(x[face].astype(int) + plain[face].astype(int) - plain[face, own].astype(int), 0, 255)
+        np.testing.assert_allclose(kept[face], expected, atol=2)  # plain edits are rounded to uint8 twice
+    assert np.abs(kept[0, 0].astype(int) - x[0]).mean() > 1  # another target still changes the face
+
+
 class GaussianDenoiser(torch.nn.Module):
     """The exact noise predictor for data ~ N(mean[label], std^2) per pixel: a true score model.
 
@@ -117,13 +132,13 @@ def test_inversion_then_decoding_with_the_same_label_reconstructs_better_with_mo
     x = faces(2, seed=1)
     errors = []
     for steps in (5, 20, 80):
-        settings = EditSettings(mode="invert", strength=0.9, steps=steps, guidance=1.0)
+        settings = EditSettings(mode="invert", strength=0.9, steps=steps, guidance=1.0, keep_detail=False)
         out = pipe.edit_faces(x, [3], settings, source_labels=[3, 3])[:, 0]
         errors.append(np.abs(out.astype(float) - x).mean())
     assert errors[0] > errors[1] > errors[2], errors
     assert errors[2] < 1.0, errors  # gray levels
     # decoding under another label does change the face: the label is what edits
-    other = pipe.edit_faces(x, [6], EditSettings(mode="invert", strength=0.9, steps=80, guidance=1.0), source_labels=[3, 3])
+    other = pipe.edit_faces(x, [6], EditSettings(mode="invert", strength=0.9, steps=80, guidance=1.0, keep_detail=False), source_labels=[3, 3])
     assert np.abs(other[:, 0].astype(float) - x).mean() > 10 * errors[2]
 
 
@@ -153,9 +168,14 @@ def test_public_edit_and_sample_api_take_pil_and_arrays():
     assert len(samples) == 3 and samples[0].size == (48, 48)
 
 
+def test_keep_detail_defaults_on_for_invert_only():
+    assert EditSettings().keep_detail is True
+    assert EditSettings(mode="sdedit").keep_detail is False and EditSettings(mode="paper").keep_detail is False
+
+
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper")],
+    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper"), ({"mode": "paper", "keep_detail": True}, "starts from the input")],
 )
 def test_bad_edit_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -187,6 +207,6 @@ def test_cpu_chunking_of_the_denoiser_batch_does_not_change_edits(monkeypatch):
     pipe = tiny_pipeline()
     settings = EditSettings(mode="invert", strength=0.6, steps=5)
     whole = pipe.edit_faces(faces(3), [0, 3, 5], settings)
-    monkeypatch.setattr(pipeline_module, "CPU_CHUNK", 4)  # 3 faces x 3 targets x 2 (guidance) = 18 rows -> 5 pieces
+    monkeypatch.setattr(pipeline_module, "CPU_CHUNK", 4)  # 3 faces x (3 targets + source) x 2 (guidance) = 24 rows -> 6 pieces
     chunked = pipe.edit_faces(faces(3), [0, 3, 5], settings)
     np.testing.assert_allclose(chunked.astype(int), whole.astype(int), atol=2)  # bf16 kernels may vary with batch size

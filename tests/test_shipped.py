@@ -82,3 +82,27 @@ def test_the_default_model_is_shipped_small_and_edits_a_face_out_of_the_box(tmp_
     assert result.returncode == 0, result.stderr
     written = sorted(p.name for p in tmp_path.glob("*.png"))
     assert written == sorted(f"{face.stem}_{name}.png" for name in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"))
+
+
+def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_and_keeps_the_input():
+    """A regression guard on the shipped model and defaults (README: evaluation of the shipped model)."""
+    import numpy as np
+    from PIL import Image
+
+    from emodiff.data import EMOTIONS
+    from emodiff.evaluation import judge_labels
+    from emodiff.pipeline import EmotionEditPipeline
+    from emodiff.predict import sample_faces
+
+    paths = sample_faces()  # one bundled PublicTest face per emotion, named publictest_<emotion>
+    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
+    sources = [EMOTIONS.index(p.stem.removeprefix("publictest_")) for p in paths]
+    happy, surprise = EMOTIONS.index("happy"), EMOTIONS.index("surprise")
+    pipe = EmotionEditPipeline.from_pretrained(device="cpu")
+    edits = pipe.edit_faces(faces, [happy, surprise], source_labels=sources)
+    judge = load_encoder("judge")
+    assert (judge_labels(judge, edits[:, 0]) == happy).sum() >= 6
+    assert (judge_labels(judge, edits[:, 1]) == surprise).sum() >= 6
+    own = pipe.edit_faces(faces[:2], [sources[0]], source_labels=sources[:2])[:, 0]
+    np.testing.assert_allclose(own[0], faces[0], atol=1)  # editing a face to its own emotion keeps it
+    assert np.abs(own[1].astype(int) - faces[1]).mean() > 3  # ... and only that one

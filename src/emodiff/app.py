@@ -7,6 +7,7 @@ by side.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import tempfile
 import threading
@@ -60,7 +61,7 @@ class EditService:
         image = check_upload(path)
         if not chosen:
             raise UploadError("Choose at least one emotion.")
-        settings = EditSettings(mode=self.settings.mode, strength=float(strength), steps=self.settings.steps, guidance=self.settings.guidance)
+        settings = dataclasses.replace(self.settings, strength=float(strength))
         try:
             prepared = self.prepare(image)
         except ValueError as error:  # no face found

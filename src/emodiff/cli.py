@@ -26,6 +26,14 @@ def _add_edit_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=defaults.steps, help=f"sampler steps over the full T (default: {defaults.steps})")
     parser.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
     parser.add_argument("--guidance", type=float, default=defaults.guidance, help=f"classifier-free guidance scale on the label (default: {defaults.guidance})")
+    parser.add_argument(
+        "--keep-detail",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add only the edit's change (decode under the target minus decode under the source emotion) to the input, "
+        "so texture the model cannot reproduce stays the input's own; one more decode per face; not with --mode paper "
+        "(default: on with --mode invert, off otherwise)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
 
 
@@ -34,6 +42,14 @@ def _float_list(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
+
+
+def _switch_list(text: str) -> tuple[bool, ...]:
+    switches = {"on": True, "off": False}
+    parts = text.split(",")
+    if not all(part in switches for part in parts):
+        raise argparse.ArgumentTypeError(f"expected comma-separated on/off like off,on, got {text!r}")
+    return tuple(switches[part] for part in parts)
 
 
 def _add_run_control(parser: argparse.ArgumentParser) -> None:
@@ -174,7 +190,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_editor, write_report
     from .pipeline import EditSettings
 
-    settings = EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance)
+    settings = EditSettings.from_options(args)
     pipeline = load_pipeline(args.model, args.scheduler, args.device)
     inputs, split, judge, identity = _evaluation_inputs(args)
     editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
@@ -199,7 +215,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = []
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
-            grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance))
+            for keep_detail in (False,) if mode == "paper" else args.keep_detail:
+                grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail))
     models = args.model or [None]
     pipelines = {m or "shipped": load_pipeline(m, args.scheduler, args.device) for m in models}
     inputs, split, judge, identity = _evaluation_inputs(args)
@@ -240,7 +257,7 @@ def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
         images=args.images,
         models=_variant_models(args.models),
         train=train,
-        settings=EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance),
+        settings=EditSettings.from_options(args),
         paper_steps=args.paper_steps,
         per_class=args.per_class,
         split=args.split,
@@ -417,9 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     sweep = commands.add_parser(
         "sweep",
         help="evaluate a grid of edit settings and choose the best one",
-        description="Run the evaluate measures over every combination of --modes, --strengths, --guidances and --steps (paper "
-        "mode ignores strength) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
-        "(macro F1 against identity kept, one curve per model and mode). The chosen setting is the best macro F1 "
+        description="Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and "
+        "--keep-detail (paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
+        "(macro F1 against identity kept, one curve per model, mode and keep-detail switch). The chosen setting is the best macro F1 "
         "among those keeping >= 90%% of edits under the 0.6 identity distance, else the best F1 x identity kept.",
     )
     sweep.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
@@ -427,6 +444,7 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument("--strengths", type=_float_list, default=(0.5, 0.7, 0.9), help="comma-separated strengths (default: 0.5,0.7,0.9)")
     sweep.add_argument("--guidances", type=_float_list, default=(1.0, 3.0, 5.0), help="comma-separated guidance scales (default: 1,3,5)")
     sweep.add_argument("--steps", type=_int_list, default=(20,), help="comma-separated sampler step counts (default: 20)")
+    sweep.add_argument("--keep-detail", type=_switch_list, default=(True,), help="comma-separated on/off of --keep-detail (default: on; paper mode only off)")
     sweep.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
     add_evaluation_options(sweep)

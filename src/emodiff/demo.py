@@ -36,7 +36,7 @@ def _square_around(face, photo: Image.Image, margin: float = 0.6) -> tuple[int, 
 
 def run_demo(args) -> int:
     started = time.perf_counter()
-    settings = EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance)
+    settings = EditSettings.from_options(args)
     pipeline = load_pipeline(args.model, args.scheduler, args.device)
     prepare = Preparer("largest")
     inputs = [(p.stem.replace("publictest_", "FER "), load_photo(p)) for p in sample_faces()]

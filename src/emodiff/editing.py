@@ -114,7 +114,7 @@ def run_edit(args) -> int:
     """``emodiff edit``: every option is checked before any model is loaded or file written."""
     targets = parse_emotions(args.to)
     source = parse_emotion(args.source) if args.source is not None else None
-    settings = EditSettings(mode=args.mode, strength=args.strength, steps=args.steps, guidance=args.guidance)
+    settings = EditSettings.from_options(args)
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
     prepare = Preparer(args.face, detect=not args.no_detect)

@@ -292,14 +292,14 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | guidance | steps | macro F1 | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | guidance | steps | keep detail | macro F1 | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
         lines.append(
-            f"| {r['model']}{mark} | {r['mode']} | {r['strength']} | {r['guidance']} | {r['steps']} | {r['macro_f1']:.3f} "
+            f"| {r['model']}{mark} | {r['mode']} | {r['strength']} | {r['guidance']} | {r['steps']} | {'on' if r['keep_detail'] else 'off'} | {r['macro_f1']:.3f} "
             f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {r['seconds_per_input']:.3f} |"
         )
     lines += ["", f"Choice rule: {rule}."]
@@ -307,16 +307,17 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
 
 
 def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
-    """Macro F1 against identity kept, one curve per model and mode."""
+    """Macro F1 against identity kept, one curve per model, mode and keep-detail switch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for key in dict.fromkeys((r["model"], r["mode"]) for r in rows):
-        curve = sorted((r for r in rows if (r["model"], r["mode"]) == key), key=lambda r: r["identity_kept"])
-        axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o-", label=f"{key[0]} / {key[1]}")
+    for key in dict.fromkeys((r["model"], r["mode"], r["keep_detail"]) for r in rows):
+        curve = sorted((r for r in rows if (r["model"], r["mode"], r["keep_detail"]) == key), key=lambda r: r["identity_kept"])
+        label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "")
+        axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o-", label=label)
         for r in curve:
             axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
     axes.scatter([chosen["identity_kept"]], [chosen["macro_f1"]], s=160, facecolors="none", edgecolors="red", label="chosen")
@@ -337,6 +338,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "strength": settings.strength,
         "guidance": settings.guidance,
         "steps": settings.steps,
+        "keep_detail": settings.keep_detail,
         "macro_f1": metrics["emotion"]["macro_f1"],
         "identity_kept": metrics["identity"]["kept_fraction"],
         "identity_median": metrics["identity"]["median_distance"],

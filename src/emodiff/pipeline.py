@@ -11,6 +11,8 @@ Edit modes: ``paper`` starts from pure noise with the target label and the input
 paper's manipulation); ``sdedit`` noises the input to strength*T and denoises; ``invert`` runs
 deterministic DDIM inversion of the input under its source label to strength*T, then decodes under
 the target label (the stochastic encoding of Diffusion Autoencoders), which keeps the person.
+``keep_detail`` (the default with ``invert``) adds only the edit's change over the decode under
+the source emotion to the input, so detail the model cannot reproduce stays the input's own.
 """
 
 from __future__ import annotations
@@ -66,19 +68,33 @@ class EditSettings:
     """How to edit; the defaults are the sweep's choice for the shipped model (README, docs/sweep)."""
 
     mode: str = "invert"
-    strength: float = 0.6
+    strength: float = 0.4
     steps: int = 10
-    guidance: float = 5.0
+    guidance: float = 7.0
+    # Add only the edit's change to the input: (decode under the target) - (decode under the source
+    # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
+    # detail) then stays the input's own, and editing to the source emotion returns the input.
+    # Costs one more decode per face. None: on in invert mode (where the sweep measured it), else off.
+    keep_detail: bool | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.keep_detail is None:
+            object.__setattr__(self, "keep_detail", self.mode == "invert")
+        if self.keep_detail and self.mode == "paper":
+            raise ValueError("keep_detail needs a mode that starts from the input (invert or sdedit), not paper")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength {self.strength} is outside (0, 1]")
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
         if self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+
+    @classmethod
+    def from_options(cls, options) -> EditSettings:
+        """The settings named by parsed command-line options (edit, demo, evaluate, reproduce-table1 share them)."""
+        return cls(**{f.name: getattr(options, f.name) for f in dataclasses.fields(cls)})
 
 
 def as_gray(image) -> Image.Image:
@@ -202,22 +218,30 @@ class EmotionEditPipeline:
         codes = self._codes(x0)
         timesteps = self._timesteps(settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
         noise = torch.randn(1, *x0.shape[1:], generator=torch.Generator().manual_seed(seed)).to(self.device).expand_as(x0)
+        source = None
+        if settings.mode == "invert" or settings.keep_detail:
+            if source_labels is None:
+                source = self.classifier.predict_proba(x0).argmax(-1)
+            else:
+                source = torch.tensor(source_labels, device=self.device)
         if settings.mode == "paper":
             start = noise * self.scheduler.init_noise_sigma
         elif settings.mode == "sdedit":
             start = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(count))
         else:
-            if source_labels is None:
-                source = self.classifier.predict_proba(x0).argmax(-1)
-            else:
-                source = torch.tensor(source_labels, device=self.device)
             start = self._invert(x0, timesteps, source, codes)
-        repeat = lambda t: None if t is None else t.repeat_interleave(per_face, 0)  # noqa: E731
-        labels = torch.tensor(targets, device=self.device).repeat(count)
+        labels = torch.tensor(targets, device=self.device).expand(count, -1)
+        if settings.keep_detail:  # each face's source emotion decoded last, as the reference of its change
+            labels = torch.cat([labels, source[:, None]], dim=1)
+        decodes = labels.shape[1]
+        repeat = lambda t: None if t is None else t.repeat_interleave(decodes, 0)  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         clip_x0 = settings.mode != "invert"
-        edited = self._denoise(repeat(start), timesteps, labels, repeat(codes), settings.guidance, generator, clip_x0)
-        return to_uint8(edited).reshape(count, per_face, *faces.shape[1:])
+        edited = self._denoise(repeat(start), timesteps, labels.flatten(), repeat(codes), settings.guidance, generator, clip_x0)
+        edited = edited.reshape(count, decodes, *x0.shape[1:])
+        if settings.keep_detail:
+            edited = (x0[:, None] + edited[:, :per_face] - edited[:, per_face:]).clamp(-1, 1)
+        return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
 

@@ -103,7 +103,8 @@ def paper_protocol(steps: int) -> EditSettings:
 def describe(settings: EditSettings) -> str:
     if settings.mode == "paper":
         return f"from pure noise, {settings.steps} steps, guidance {settings.guidance:g}"
-    return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, guidance {settings.guidance:g}"
+    detail = ", input detail kept" if settings.keep_detail else ""
+    return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, guidance {settings.guidance:g}{detail}"
 
 
 def _check(config: Table1Config) -> None:
