@@ -436,15 +436,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate a grid of edit settings and choose the best one",
         description="Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and "
         "--keep-detail (paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
-        "(macro F1 against identity kept, one curve per model, mode and keep-detail switch). The chosen setting is the best macro F1 "
+        "(macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen setting is the best macro F1 "
         "among those keeping >= 90%% of edits under the 0.6 identity distance, else the best F1 x identity kept.",
     )
     sweep.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
-    sweep.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert", "sdedit"), help="comma-separated modes (default: invert,sdedit)")
-    sweep.add_argument("--strengths", type=_float_list, default=(0.5, 0.7, 0.9), help="comma-separated strengths (default: 0.5,0.7,0.9)")
-    sweep.add_argument("--guidances", type=_float_list, default=(1.0, 3.0, 5.0), help="comma-separated guidance scales (default: 1,3,5)")
-    sweep.add_argument("--steps", type=_int_list, default=(20,), help="comma-separated sampler step counts (default: 20)")
-    sweep.add_argument("--keep-detail", type=_switch_list, default=(True,), help="comma-separated on/off of --keep-detail (default: on; paper mode only off)")
+    sweep.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
+    sweep.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
+    sweep.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
+    sweep.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
+    sweep.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")
     sweep.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
     sweep.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
     add_evaluation_options(sweep)

@@ -307,7 +307,7 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
 
 
 def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
-    """Macro F1 against identity kept, one curve per model, mode and keep-detail switch."""
+    """Macro F1 against identity kept: one marker per setting, one colour per model, mode and keep-detail switch."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -315,9 +315,9 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
     for key in dict.fromkeys((r["model"], r["mode"], r["keep_detail"]) for r in rows):
-        curve = sorted((r for r in rows if (r["model"], r["mode"], r["keep_detail"]) == key), key=lambda r: r["identity_kept"])
+        curve = [r for r in rows if (r["model"], r["mode"], r["keep_detail"]) == key]
         label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "")
-        axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o-", label=label)
+        axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
             axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
     axes.scatter([chosen["identity_kept"]], [chosen["macro_f1"]], s=160, facecolors="none", edgecolors="red", label="chosen")
