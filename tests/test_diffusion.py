@@ -106,6 +106,18 @@ def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mo
     assert np.abs(kept[0, 0].astype(int) - x[0]).mean() > 1  # another target still changes the face
 
 
+def test_keep_detail_decodes_a_source_emotion_that_is_also_a_target_once(monkeypatch):
+    pipe = tiny_pipeline("label")
+    decoded, denoise = [], pipe._denoise
+    monkeypatch.setattr(pipe, "_denoise", lambda x, *args, **kwargs: decoded.append(len(x)) or denoise(x, *args, **kwargs))
+    x, settings = faces(2, seed=4), EditSettings(mode="invert", strength=0.6, steps=3)
+    some = pipe.edit_faces(x, [0, 2, 5], settings, source_labels=[2, 6], seed=1)
+    assert decoded == [3 + 4]  # face 0's source (2) is a target; face 1's (6) is decoded as an extra
+    more = pipe.edit_faces(x, [0, 2, 5, 6], settings, source_labels=[2, 6], seed=1)
+    np.testing.assert_allclose(some.astype(int), more[:, :3].astype(int), atol=1)
+    np.testing.assert_array_equal(more[1, 3], x[1])
+
+
 class GaussianDenoiser(torch.nn.Module):
     """The exact noise predictor for data ~ N(mean[label], std^2) per pixel: a true score model.
 

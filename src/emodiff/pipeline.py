@@ -74,7 +74,8 @@ class EditSettings:
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
     # detail) then stays the input's own, and editing to the source emotion returns the input.
-    # Costs one more decode per face. None: on in invert mode (where the sweep measured it), else off.
+    # Costs one more decode per face unless the source emotion is a target. None: on in invert mode
+    # (where the sweep measured it), else off.
     keep_detail: bool | None = None
 
     def __post_init__(self):
@@ -230,17 +231,22 @@ class EmotionEditPipeline:
             start = self.scheduler.add_noise(x0, noise, timesteps[:1].repeat(count))
         else:
             start = self._invert(x0, timesteps, source, codes)
-        labels = torch.tensor(targets, device=self.device).expand(count, -1)
-        if settings.keep_detail:  # each face's source emotion decoded last, as the reference of its change
-            labels = torch.cat([labels, source[:, None]], dim=1)
-        decodes = labels.shape[1]
-        repeat = lambda t: None if t is None else t.repeat_interleave(decodes, 0)  # noqa: E731
+        rows = [list(targets) for _ in range(count)]  # the emotions each face is decoded under
+        if settings.keep_detail:  # the source emotion's decode is the reference of the change: once per face
+            for row, own in zip(rows, source.tolist()):
+                if own not in row:
+                    row.append(own)
+        which_face = torch.tensor([face for face, row in enumerate(rows) for _ in row], device=self.device)
+        labels = torch.tensor([label for row in rows for label in row], device=self.device)
+        gather = lambda t: None if t is None else t[which_face]  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         clip_x0 = settings.mode != "invert"
-        edited = self._denoise(repeat(start), timesteps, labels.flatten(), repeat(codes), settings.guidance, generator, clip_x0)
-        edited = edited.reshape(count, decodes, *x0.shape[1:])
+        decoded = self._denoise(gather(start), timesteps, labels, gather(codes), settings.guidance, generator, clip_x0)
+        first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
+        edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
-            edited = (x0[:, None] + edited[:, :per_face] - edited[:, per_face:]).clamp(-1, 1)
+            reference = decoded[[begin + row.index(own) for begin, row, own in zip(first, rows, source.tolist())]]
+            edited = (x0[:, None] + edited - reference[:, None]).clamp(-1, 1)
         return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
