@@ -7,8 +7,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from emodiff.cli import main
 from emodiff.encoders import FaceVAE
 from emodiff.pipeline import EmotionEditPipeline
+from emodiff.table1 import run_record
 from emodiff.training import CHECKPOINT, DiffusionTrainConfig, train_diffusion
 
 TINY = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
@@ -38,6 +40,19 @@ def test_training_writes_a_usable_model_dir(fer_csv, tmp_path, vae_dir):
     assert list((out / "samples").glob("*.png"))
     pipe = EmotionEditPipeline.from_pretrained(out, device="cpu")
     assert pipe.denoiser.config.cond == "vae" and pipe.denoiser.config.code_dim == 128
+
+    exported = tmp_path / "exported"
+    assert main(["export", str(out), str(exported), "--fp16"]) == 0
+    assert not (exported / CHECKPOINT).exists() and not (exported / "samples").exists()
+    assert run_record(exported) == run_record(out) and run_record(out)["images_seen"] == 128
+    weights = load_file(exported / "denoiser" / "diffusion_pytorch_model.safetensors")
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float16}
+    half = EmotionEditPipeline.from_pretrained(exported, device="cpu")
+    x, t, labels = torch.rand(2, 1, 48, 48) * 2 - 1, torch.tensor([100, 700]), torch.tensor([3, 5])
+    with torch.no_grad():
+        eps = pipe.denoiser(x, t, labels, pipe.encoder.encode(x))
+        eps_half = half.denoiser(x, t, labels, half.encoder.encode(x))
+    assert (eps - eps_half).abs().max() < 1e-2 * eps.abs().max()  # fp16 storage, fp32 compute
 
 
 def test_wrong_encoder_kind_is_refused(fer_csv, tmp_path, vae_dir):

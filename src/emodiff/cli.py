@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 from importlib import import_module
 from pathlib import Path
@@ -158,16 +159,20 @@ def _cmd_test_encoder(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     from .files import save_model_dir
+    from .training import METRICS, TRAINING_CONFIG
 
-    source = Path(args.model)
+    source, out = Path(args.model), Path(args.out)
     if (source / "denoiser").is_dir():
         from .pipeline import EmotionEditPipeline
 
-        EmotionEditPipeline.from_pretrained(source, device="cpu").save_pretrained(args.out, fp16=args.fp16)
+        EmotionEditPipeline.from_pretrained(source, device="cpu").save_pretrained(out, fp16=args.fp16)
     else:
         from .encoders import load_encoder
 
-        save_model_dir(load_encoder(source), Path(args.out), fp16=args.fp16)
+        save_model_dir(load_encoder(source), out, fp16=args.fp16)
+    for record in (METRICS, TRAINING_CONFIG):  # how the model was trained travels with it
+        if (source / record).is_file():
+            shutil.copyfile(source / record, out / record)
     print(f"exported {source} to {args.out}{' in fp16' if args.fp16 else ''}")
     return 0
 
@@ -401,7 +406,8 @@ def build_parser() -> argparse.ArgumentParser:
         "export",
         help="copy a trained model directory without its training state, optionally in fp16",
         description="Write the loadable part of a model directory (an encoder, or a diffusion model's denoiser/, "
-        "encoder/ and scheduler/) to OUT, dropping checkpoints, metrics and samples.",
+        "encoder/ and scheduler/) and the run's record (metrics.csv, training_config.json) to OUT, "
+        "dropping the checkpoint and samples.",
     )
     export.add_argument("model", help="trained model directory (from train-encoder or train)")
     export.add_argument("out", help="directory to write")

@@ -20,7 +20,7 @@ from .denoiser import CONDITIONS
 from .evaluation import evaluate_editor, load_evaluation_inputs, write_report
 from .files import atomic_write
 from .pipeline import EditSettings
-from .training import CHECKPOINT, METRICS, DiffusionTrainConfig, train_diffusion
+from .training import CHECKPOINT, METRICS, TRAINING_CONFIG, DiffusionTrainConfig, train_diffusion
 
 PAPER_TABLE1 = {  # per-emotion F1, angry..neutral, as printed in the paper
     "label": (0.51, 0.45, 0.45, 0.88, 0.46, 0.94, 0.62),
@@ -65,8 +65,8 @@ def run_record(model: Path) -> dict:
             rows = list(csv.DictReader(handle))
         if rows:
             record.update(images_seen=int(rows[-1]["images_seen"]), minutes=float(rows[-1]["minutes"]))
-    if (model / "training_config.json").is_file():
-        record["hardware"] = json.loads((model / "training_config.json").read_text()).get("hardware")
+    if (model / TRAINING_CONFIG).is_file():
+        record["hardware"] = json.loads((model / TRAINING_CONFIG).read_text()).get("hardware")
     return record
 
 

@@ -33,6 +33,7 @@ from .pipeline import CPU_CHUNK, bf16_supported
 
 CHECKPOINT = "checkpoint.safetensors"
 METRICS = "metrics.csv"
+TRAINING_CONFIG = "training_config.json"
 
 
 # ----------------------------------------------------------------------------- devices
@@ -492,7 +493,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
         pipeline = EmotionEditPipeline(ema_denoiser, sampling_scheduler("ddim", noise_scheduler), encoder)
         pipeline.to(device).save_pretrained(out)
         record = {**asdict(config), "hardware": describe_hardware(accelerator)}
-        atomic_write(out / "training_config.json", lambda t: t.write_text(json.dumps(record, indent=2)))
+        atomic_write(out / TRAINING_CONFIG, lambda t: t.write_text(json.dumps(record, indent=2)))
         write_sample_grid(pipeline, out / "samples" / f"images_{step * global_batch:09d}.png", seed=config.seed)
 
     def log_window() -> None:
