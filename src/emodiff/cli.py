@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import sys
 from importlib import import_module
@@ -68,26 +69,16 @@ def _add_device(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _config(config_class, args: argparse.Namespace, **fields):
+    """``config_class`` filled from the parsed options of the same names; ``fields`` add to or override them."""
+    names = {field.name for field in dataclasses.fields(config_class)}
+    return config_class(**{**{name: value for name, value in vars(args).items() if name in names}, **fields})
+
+
 def _cmd_train_encoder(args: argparse.Namespace) -> int:
     from .training import EncoderTrainConfig, train_encoder
 
-    result = train_encoder(
-        EncoderTrainConfig(
-            kind=args.kind,
-            data=args.data,
-            out=args.out,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            init=args.init,
-            device=args.device,
-            seed=args.seed,
-            checkpoint_minutes=args.checkpoint_minutes,
-            skip_bad=args.skip_bad,
-            resume=args.resume,
-            stop_at_step=args.stop_at_step,
-        )
-    )
+    result = train_encoder(_config(EncoderTrainConfig, args))
     if result["is_main"]:
         print(f"{args.kind}: step {result['step']}/{result['total_steps']}, saved in {args.out}")
     return 0
@@ -112,29 +103,9 @@ def _int_list(text: str) -> tuple[int, ...]:
 def _cmd_train(args: argparse.Namespace) -> int:
     from .training import DiffusionTrainConfig, train_diffusion
 
-    result = train_diffusion(
-        DiffusionTrainConfig(
-            cond=args.cond,
-            data=args.data,
-            out=args.out,
-            encoder=args.encoder,
-            images=args.images,
-            minutes=args.minutes,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            min_snr_gamma=args.min_snr_gamma,
-            block_out_channels=args.channels,
-            layers_per_block=args.layers_per_block,
-            attention_levels=tuple(bool(flag) for flag in args.attention or (0,) * len(args.channels)),
-            ema_decay=args.ema_decay,
-            seed=args.seed,
-            device=args.device,
-            checkpoint_minutes=args.checkpoint_minutes,
-            skip_bad=args.skip_bad,
-            resume=args.resume,
-            stop_at_step=args.stop_at_step,
-        )
-    )
+    attention = args.attention or (0,) * len(args.channels)
+    config = _config(DiffusionTrainConfig, args, block_out_channels=args.channels, attention_levels=tuple(map(bool, attention)))
+    result = train_diffusion(config)
     if result["is_main"]:
         print(f"{args.cond}: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
     return 0
@@ -256,23 +227,7 @@ def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
 
     train = {"batch_size": args.batch_size, "block_out_channels": args.channels, "layers_per_block": args.layers_per_block}
     train["attention_levels"] = (False,) * len(args.channels)
-    config = Table1Config(
-        data=args.data,
-        out=args.out,
-        images=args.images,
-        models=_variant_models(args.models),
-        train=train,
-        settings=EditSettings.from_options(args),
-        paper_steps=args.paper_steps,
-        per_class=args.per_class,
-        split=args.split,
-        judge=args.judge,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        device=args.device,
-        skip_bad=args.skip_bad,
-        resume=args.resume,
-    )
+    config = _config(Table1Config, args, models=_variant_models(args.models), train=train, settings=EditSettings.from_options(args))
     reproduce_table1(config, _command_line())
     print(f"table in {Path(args.out) / 'table1.md'}")
     return 0
