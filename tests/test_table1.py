@@ -11,7 +11,11 @@ TINY = ["--images", "2000", "--channels", "16,32", "--layers-per-block", "1", "-
         "--per-class", "1", "--paper-steps", "3", "--steps", "3", "--device", "cpu"]  # fmt: skip
 
 
-def test_reproduce_table1_trains_evaluates_and_resumes_without_retraining(fer_csv, tmp_path, capsys):
+def _untimed(summary: dict) -> list[dict]:
+    return [{k: v for k, v in row["metrics"].items() if k != "seconds_per_input"} for row in summary["rows"]]
+
+
+def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_csv, tmp_path, capsys):
     out = tmp_path / "table1"
     assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *TINY]) == 0
 
@@ -37,6 +41,15 @@ def test_reproduce_table1_trains_evaluates_and_resumes_without_retraining(fer_cs
     assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), "--resume", *TINY]) == 0
     assert "already trained" in capsys.readouterr().out
     assert checkpoints == {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
+
+    # The evaluation part alone, on the trained models, gives the same table (same seed).
+    models = [f"{v}={out / 'runs' / v}" for v in PAPER_TABLE1]
+    again = tmp_path / "again"
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(again), "--models", *models, *TINY]) == 0
+    assert not (again / "runs").exists()
+    rerun = json.loads((again / "table1.json").read_text())
+    assert _untimed(rerun) == _untimed(summary)
+    assert rerun["runs"] == summary["runs"]
 
 
 @pytest.mark.parametrize("models, message", [("label=nowhere", "label=nowhere: not a model directory"), ("gan=x", "unknown variant")])
