@@ -91,6 +91,16 @@ def test_a_face_edits_the_same_alone_or_in_a_batch():
     np.testing.assert_allclose(batch[1].astype(int), alone[0].astype(int), atol=2)
 
 
+def test_paper_mode_draws_each_face_its_own_noise():
+    """A label-only model ignores the input in the paper's protocol: only per-face noise makes its
+    edits of different faces independent samples rather than one image repeated."""
+    pipe = tiny_pipeline("label")
+    two = faces(2, seed=5)
+    edits = pipe.edit_faces(np.stack([two[0], two[1], two[0]]), [3], EditSettings(mode="paper", steps=4), seed=0)
+    np.testing.assert_array_equal(edits[0], edits[2])
+    assert np.abs(edits[0].astype(int) - edits[1].astype(int)).mean() > 5
+
+
 @pytest.mark.parametrize("mode", ["sdedit", "invert"])
 def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mode):
     pipe = tiny_pipeline("label")  # untrained: its decodes look nothing like the input

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import inspect
 import json
 from dataclasses import dataclass
@@ -38,6 +39,13 @@ MODES = ("paper", "sdedit", "invert")
 SCHEDULERS = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "ddpm": DDPMScheduler}
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 CPU_CHUNK = 64
+
+
+def face_noise(face: np.ndarray, seed: int) -> torch.Tensor:
+    """(1, 48, 48) standard normal noise determined by ``seed`` and the uint8 face's pixels."""
+    digest = hashlib.sha256(seed.to_bytes(8, "little", signed=True) + np.ascontiguousarray(face).tobytes()).digest()
+    generator = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little"))
+    return torch.randn(1, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -211,14 +219,15 @@ class EmotionEditPipeline:
     ) -> np.ndarray:
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48): every target of every face in one batch.
 
-        Every face starts from the same noise, drawn with ``seed``, so a face's edits do not
+        Each face's noise is drawn from ``seed`` and the face's own pixels: different faces start
+        from different noise, as the paper's independent samples do, and a face's edits do not
         depend on which other faces share the batch.
         """
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
         codes = self._codes(x0)
         timesteps = self._timesteps(settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
-        noise = torch.randn(1, *x0.shape[1:], generator=torch.Generator().manual_seed(seed)).to(self.device).expand_as(x0)
+        noise = torch.stack([face_noise(face, seed) for face in faces]).to(self.device)
         source = None
         if settings.mode == "invert" or settings.keep_detail:
             if source_labels is None:
