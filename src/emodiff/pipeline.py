@@ -220,8 +220,8 @@ class EmotionEditPipeline:
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48): every target of every face in one batch.
 
         Each face's noise is drawn from ``seed`` and the face's own pixels: different faces start
-        from different noise, as the paper's independent samples do, and a face's edits do not
-        depend on which other faces share the batch.
+        from different noise, as the paper's independent samples do, and with the deterministic
+        samplers (DDIM, DPM-Solver) a face's edits do not depend on which other faces share the batch.
         """
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
