@@ -30,7 +30,7 @@ def write_faces(folder: Path, count: int, data: str | None) -> list[Path]:
 
         faces = load_fer2013(data).split("PublicTest").images
     else:
-        from emodiff.predict import sample_faces
+        from emodiff.assets import sample_faces
 
         faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
     paths = []

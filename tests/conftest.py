@@ -1,4 +1,5 @@
-"""Small FER-2013 fixtures made at test time: real data is never committed."""
+"""Shared fixtures and helpers: small FER-2013 files and tiny models made at test time (real data is
+never committed). Tests marked ``slow`` run end-to-end jobs; ``pytest -m "not slow"`` is the quick loop."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from PIL import Image
 
-from emodiff.data import SPLITS
+from emodiff.labels import SPLITS
 
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013_train_public.csv.gz"
+SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
+TINY_UNET = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
 
 
 def write_csv(path: Path, images: np.ndarray, labels, usage, extra_lines: list[str] = ()) -> Path:
@@ -36,6 +41,23 @@ def synthetic_faces(n: int, seed: int = 0):
     return images, labels, usage
 
 
+def tiny_pipeline(cond: str = "label", seed: int = 0):
+    """An untrained pipeline small enough to sample in milliseconds, with its own untrained CNN."""
+    from emodiff.denoiser import EmotionDenoiser
+    from emodiff.encoders import EmotionCNN, FaceVAE
+    from emodiff.pipeline import EmotionEditPipeline, sampling_scheduler
+
+    torch.manual_seed(seed)
+    encoder = {"label": None, "cnn": EmotionCNN(), "vae": FaceVAE()}[cond]
+    code_dim = 0 if encoder is None else encoder.encode(torch.zeros(1, 1, 48, 48)).shape[1]
+    denoiser = EmotionDenoiser(cond=cond, code_dim=code_dim, **TINY_UNET)
+    return EmotionEditPipeline(denoiser, sampling_scheduler("ddim"), encoder, classifier=EmotionCNN().eval())
+
+
+def random_faces(n: int = 2, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EMODIFF_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
@@ -48,6 +70,38 @@ def _fresh_accelerate_state():
     from accelerate.state import AcceleratorState
 
     AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """A tiny untrained vae-variant model directory, as 'emodiff train' writes one."""
+    path = tmp_path_factory.mktemp("model")
+    tiny_pipeline("vae").save_pretrained(path)
+    return path
+
+
+@pytest.fixture
+def face_files(tmp_path):
+    rng = np.random.default_rng(0)
+    small = tmp_path / "small.png"
+    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(small)
+    odd = tmp_path / "odd.png"  # still a face crop (<= 64 px), but not 48x48 and in colour
+    Image.fromarray(rng.integers(0, 256, (60, 52, 3), dtype=np.uint8)).save(odd)
+    return small, odd
+
+
+@pytest.fixture(scope="session")
+def photo_path() -> Path:
+    from emodiff.assets import sample_photos
+
+    return sample_photos()[0]
+
+
+@pytest.fixture(scope="session")
+def finder():
+    from emodiff.photos import FaceFinder
+
+    return FaceFinder()
 
 
 @pytest.fixture

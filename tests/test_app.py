@@ -6,13 +6,12 @@ import pytest
 from PIL import Image
 
 from emodiff.app import MAX_UPLOAD_BYTES, EditService, UploadError, check_upload
-from emodiff.predict import sample_faces
+from emodiff.assets import sample_faces
 
-from .test_cli import model_dir  # noqa: F401  (fixture)
 
 
 @pytest.fixture(scope="module")
-def service(model_dir):  # noqa: F811
+def service(model_dir):
     return EditService(str(model_dir), device="cpu")
 
 
@@ -35,8 +34,9 @@ def test_non_image_upload_is_refused(tmp_path):
 
 def test_edit_returns_the_edit_the_strip_and_downloads(service):
     face = str(sample_faces()[0])
-    edited, strip, files = service.edit(face, ["sad", "surprise"], 0.6)
+    edited, (before, after), strip, files = service.edit(face, ["sad", "surprise"], 0.6)
     assert isinstance(edited, Image.Image) and edited.size == (48, 48)
+    assert after is edited and before.size == edited.size  # the before/after view
     assert [caption for _, caption in strip] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
     assert [f.rsplit("_", 1)[1] for f in files] == ["sad.png", "surprise.png"]
     with pytest.raises(UploadError, match="at least one"):
@@ -59,4 +59,4 @@ def test_two_requests_at_once_are_both_served(service):
     for thread in threads:
         thread.join(timeout=300)
     assert not errors and sorted(results) == [0, 1]
-    assert all(len(result[2]) == 1 for result in results.values())
+    assert all(len(result[3]) == 1 for result in results.values())

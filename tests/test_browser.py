@@ -14,9 +14,8 @@ import pytest
 from PIL import Image
 
 from emodiff.app import EditService, launch
-from emodiff.predict import sample_faces
+from emodiff.assets import sample_faces
 
-from .test_cli import model_dir  # noqa: F401  (fixture)
 
 gradio = pytest.importorskip("gradio", reason="the web app needs gradio (pip install -e '.[test]')")
 webdriver = pytest.importorskip("selenium.webdriver", reason="pip install -e '.[test]' installs selenium")
@@ -33,7 +32,7 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def app_url(model_dir):  # noqa: F811
+def app_url(model_dir):
     port = _free_port()
     app = launch(EditService(str(model_dir), device="cpu"), "127.0.0.1", port, block=False)
     yield f"http://127.0.0.1:{port}/"

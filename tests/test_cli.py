@@ -6,26 +6,7 @@ import pytest
 from PIL import Image
 
 from emodiff.cli import build_parser, main
-from emodiff.data import EMOTIONS
-
-from .test_diffusion import tiny_pipeline
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tiny_pipeline("vae").save_pretrained(path)
-    return path
-
-
-@pytest.fixture
-def face_files(tmp_path):
-    rng = np.random.default_rng(0)
-    small = tmp_path / "small.png"
-    Image.fromarray(rng.integers(0, 256, (48, 48), dtype=np.uint8)).save(small)
-    odd = tmp_path / "odd.png"  # still a face crop (<= 64 px), but not 48x48 and in colour
-    Image.fromarray(rng.integers(0, 256, (60, 52, 3), dtype=np.uint8)).save(odd)
-    return small, odd
+from emodiff.labels import EMOTIONS
 
 
 def _edit(model_dir, out, *args):

@@ -4,7 +4,8 @@ import torch
 from PIL import Image
 
 from emodiff import data
-from emodiff.data import EMOTIONS, FERDataError, load_fer2013, parse_emotion, parse_emotions, parse_split
+from emodiff.data import load_fer2013
+from emodiff.labels import EMOTIONS, FERDataError, parse_emotion, parse_emotions, parse_split
 
 from .conftest import synthetic_faces, write_csv
 

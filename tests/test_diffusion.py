@@ -4,21 +4,12 @@ import torch
 
 from emodiff.denoiser import NULL_LABEL, EmotionDenoiser
 from emodiff.encoders import EmotionCNN, FaceVAE
-from emodiff.pipeline import EditSettings, EmotionEditPipeline, sampling_scheduler
+from emodiff.pipeline import EmotionEditPipeline, sampling_scheduler
+from emodiff.settings import EditSettings
 
-TINY = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
-
-
-def tiny_pipeline(cond="label", seed=0) -> EmotionEditPipeline:
-    torch.manual_seed(seed)
-    encoder = {"label": None, "cnn": EmotionCNN(), "vae": FaceVAE()}[cond]
-    code_dim = 0 if encoder is None else encoder.encode(torch.zeros(1, 1, 48, 48)).shape[1]
-    denoiser = EmotionDenoiser(cond=cond, code_dim=code_dim, **TINY)
-    return EmotionEditPipeline(denoiser, sampling_scheduler("ddim"), encoder, classifier=EmotionCNN().eval())
-
-
-def faces(n=2, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, (n, 48, 48), dtype=np.uint8)
+from .conftest import TINY_UNET as TINY
+from .conftest import random_faces as faces
+from .conftest import tiny_pipeline
 
 
 @pytest.mark.parametrize("cond, code_dim", [("label", 0), ("cnn", 256), ("vae", 128)])
@@ -119,7 +110,7 @@ def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mo
 def test_keep_detail_decodes_a_source_emotion_that_is_also_a_target_once(monkeypatch):
     pipe = tiny_pipeline("label")
     decoded, denoise = [], pipe._denoise
-    monkeypatch.setattr(pipe, "_denoise", lambda x, *args, **kwargs: decoded.append(len(x)) or denoise(x, *args, **kwargs))
+    monkeypatch.setattr(pipe, "_denoise", lambda scheduler, x, *args, **kwargs: decoded.append(len(x)) or denoise(scheduler, x, *args, **kwargs))
     x, settings = faces(2, seed=4), EditSettings(mode="invert", strength=0.6, steps=3)
     some = pipe.edit_faces(x, [0, 2, 5], settings, source_labels=[2, 6], seed=1)
     assert decoded == [3 + 4]  # face 0's source (2) is a target; face 1's (6) is decoded as an extra
@@ -181,13 +172,46 @@ def test_public_edit_and_sample_api_take_pil_and_arrays():
 
     pipe = tiny_pipeline("label")
     pipe.scheduler = sampling_scheduler("dpm", pipe.scheduler)  # swapped the diffusers way
-    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (80, 64, 3), dtype=np.uint8))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (60, 52, 3), dtype=np.uint8))
     one = pipe.edit(image, "happy", steps=4, source="sad")
-    assert isinstance(one, Image.Image) and one.size == (64, 80) and one.mode == "L"
+    assert isinstance(one, Image.Image) and one.size == (52, 60) and one.mode == "L"
     many = pipe.edit([image, np.asarray(image.convert("L"))], ["angry", 5], steps=4, source="sad")
     assert len(many) == 2 and len(many[0]) == 2
     samples = pipe.sample("surprise", 3, steps=3)
     assert len(samples) == 3 and samples[0].size == (48, 48)
+
+
+def test_the_api_edits_a_photo_through_the_same_face_path_as_the_cli(photo_path, tmp_path):
+    from PIL import Image
+
+    from emodiff.cli import main
+    from emodiff.photos import load_photo
+
+    pipe = tiny_pipeline("label")
+    photo = load_photo(photo_path)
+    edited = pipe.edit(photo, "happy", steps=3, source="sad")
+    assert edited.size == photo.size and edited.mode == photo.mode  # the photo, not a 48x48 face stretched over it
+    model = tmp_path / "model"
+    pipe.save_pretrained(model)
+    main(["edit", str(photo_path), "--to", "happy", "--out", str(tmp_path / "out"), "--model", str(model), "--steps", "3", "--from", "sad", "--device", "cpu"])
+    written = Image.open(tmp_path / "out" / f"{photo_path.stem}_happy.jpg")
+    difference = np.abs(np.asarray(written, dtype=int) - np.asarray(edited, dtype=int))
+    assert difference.mean() < 1.0  # the same edit; only the JPEG encoding of the file differs
+
+
+@pytest.mark.parametrize(
+    "array, message",
+    [
+        (np.random.default_rng(0).random((48, 48)), "uint8"),
+        (np.zeros((48, 48), np.uint16), "uint8"),
+        (np.zeros((48, 48), bool), "uint8"),
+        (np.zeros((48, 48, 2), np.uint8), "shape"),
+        (np.zeros((1, 1), np.uint8), "too small"),
+    ],
+)
+def test_the_api_refuses_arrays_it_cannot_interpret(array, message):
+    with pytest.raises((TypeError, ValueError), match=message):
+        tiny_pipeline().edit(array, "happy", steps=2, source="sad")
 
 
 def test_keep_detail_defaults_on_for_invert_only():
@@ -205,30 +229,55 @@ def test_bad_edit_settings_are_refused(overrides, message):
 
 
 @pytest.mark.parametrize("scheduler, key", [("ddim", "clip_sample"), ("ddpm", "clip_sample"), ("dpm", "thresholding")])
-def test_x0_clipping_is_on_from_noise_off_when_decoding_an_inversion(scheduler, key):
+def test_x0_clipping_is_on_from_noise_off_when_decoding_an_inversion(scheduler, key, monkeypatch):
     pipe = tiny_pipeline()
     pipe.scheduler = sampling_scheduler(scheduler, pipe.scheduler)
-    seen, step, before = [], pipe.scheduler.step, pipe.scheduler.config[key]
+    template, before = pipe.scheduler, dict(pipe.scheduler.config)
+    kind, seen = type(pipe.scheduler), []
+    step = kind.step
 
-    def recording_step(*args, **kwargs):
-        seen.append(pipe.scheduler.config[key])
-        return step(*args, **kwargs)
+    def recording_step(self, *args, **kwargs):
+        assert self is not template  # every call steps a scheduler of its own
+        seen.append(self.config[key])
+        return step(self, *args, **kwargs)
 
-    pipe.scheduler.step = recording_step
+    monkeypatch.setattr(kind, "step", recording_step)
     pipe.sample("happy", 1, steps=3)
     from_noise, seen[:] = list(seen), []
     pipe.edit_faces(faces(1), [3], EditSettings(mode="invert", strength=0.5, steps=4))
     assert from_noise and all(from_noise)
     assert seen and not any(seen)
-    assert pipe.scheduler.config[key] == before  # the scheduler is left as it was
+    assert dict(pipe.scheduler.config) == before and template.timesteps is not None  # the template is left as it was
+
+
+def test_edits_running_at_once_in_threads_equal_edits_run_one_after_another():
+    import threading
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = sampling_scheduler("dpm", pipe.scheduler)  # the multistep sampler keeps state while it runs
+    jobs = [(EditSettings(mode="invert", strength=0.6, steps=5), 1), (EditSettings(mode="paper", steps=7), 2), (EditSettings(mode="sdedit", strength=0.8, steps=6), 3)]
+    alone = [pipe.edit_faces(faces(2, seed=seed), [0, 3], settings, source_labels=[4, 4]) for settings, seed in jobs]
+    together: dict[int, np.ndarray] = {}
+
+    def run(index):
+        settings, seed = jobs[index]
+        together[index] = pipe.edit_faces(faces(2, seed=seed), [0, 3], settings, source_labels=[4, 4])
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(jobs)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, expected in enumerate(alone):
+        np.testing.assert_array_equal(together[index], expected)
 
 
 def test_cpu_chunking_of_the_denoiser_batch_does_not_change_edits(monkeypatch):
-    import emodiff.pipeline as pipeline_module
+    import emodiff.devices as devices
 
     pipe = tiny_pipeline()
     settings = EditSettings(mode="invert", strength=0.6, steps=5)
     whole = pipe.edit_faces(faces(3), [0, 3, 5], settings)
-    monkeypatch.setattr(pipeline_module, "CPU_CHUNK", 4)  # 3 faces x (3 targets + source) x 2 (guidance) = 24 rows -> 6 pieces
+    monkeypatch.setattr(devices, "CPU_CHUNK", 4)  # 3 faces x (3 targets + source) x 2 (guidance) = 24 rows -> 6 pieces
     chunked = pipe.edit_faces(faces(3), [0, 3, 5], settings)
     np.testing.assert_allclose(chunked.astype(int), whole.astype(int), atol=2)  # bf16 kernels may vary with batch size

@@ -1,7 +1,9 @@
+import dataclasses
+
 import pytest
 import torch
 
-from emodiff.encoders import EmotionCNN, EmotionJudge, FaceVAE, load_encoder, psnr
+from emodiff.encoders import EmotionCNN, EmotionJudge, FaceVAE, PredictionViews, load_encoder
 
 CODE_DIMS = {EmotionCNN: 256, FaceVAE: 128, EmotionJudge: 256}
 
@@ -48,29 +50,32 @@ def test_load_encoder_rejects_a_non_model_dir(tmp_path):
         load_encoder(tmp_path)
 
 
-def test_psnr_known_values():
-    a = torch.zeros(1, 1, 4, 4)
-    assert psnr(a, a).item() > 90
-    b = a + 2 / 255  # one gray level off in [-1, 1] units is 1/127.5; this is 1 level on 0..255
-    assert abs(psnr(b, a).item() - 10 * torch.log10(torch.tensor(255.0**2 / 1.0)).item()) < 0.01
+def test_vae_validation_psnr_is_on_the_0_255_scale():
+    vae = FaceVAE().eval()
+    images = torch.rand(2, 1, 48, 48) * 2 - 1
+    reconstruction = vae(images).clamp(-1, 1)
+    mse_255 = ((reconstruction - images) * 127.5).pow(2).flatten(1).mean(1)
+    expected = (10 * torch.log10(255.0**2 / mse_255)).mean().item()
+    assert abs(vae.validation_metrics(images, None)["psnr"] - expected) < 1e-3
 
 
 def test_judge_averages_mirrors_shifts_turns_and_zooms():
     torch.manual_seed(0)
     judge = EmotionJudge().eval()
     images = torch.rand(2, 1, 48, 48) * 2 - 1
-    assert len(judge.tta_views(images)) == 18
+    assert len(PredictionViews.of(judge).apply(images)) == 18
     probs = judge.predict_proba(images)
     torch.testing.assert_close(probs.sum(-1), torch.ones(2))
     # the views come in mirrored pairs, so an image and its mirror get the same prediction
     torch.testing.assert_close(judge.predict_proba(images.flip(-1)), probs, rtol=1e-4, atol=1e-5)
-    previous = probs
-    for key in ("tta_rotate_deg", "tta_zoom", "tta_shift"):
-        judge.register_to_config(**{key: 0})
-        fewer_views = judge.predict_proba(images)
+    previous, views = probs, PredictionViews.of(judge)
+    for key in ("rotate_deg", "zoom", "shift"):
+        views = dataclasses.replace(views, **{key: 0})
+        fewer_views = judge.predict_proba(images, views)
         assert not torch.allclose(fewer_views, previous)  # each kind of view contributes
         previous = fewer_views
-    assert len(judge.tta_views(images)) == 2
+    assert len(views.apply(images)) == 2
+    torch.testing.assert_close(judge.predict_proba(images), probs)  # asking for other views changed nothing stored
     expected = judge.logits(torch.cat([images, images.flip(-1)])).softmax(-1).view(2, 2, -1).mean(0)
     torch.testing.assert_close(previous, expected)
 
@@ -79,12 +84,12 @@ def test_judge_views_are_exact_pixel_shifts_and_stay_fp32_under_autocast():
     judge = EmotionJudge(tta_rotate_deg=0, tta_zoom=0).eval()
     images = torch.rand(2, 1, 48, 48) * 2 - 1
     padded = torch.nn.functional.pad(images, (2,) * 4, mode="replicate")
-    views = judge.tta_views(images)
+    views = PredictionViews.of(judge).apply(images)
     shifted = [padded[..., 2 + dy : 50 + dy, 2 + dx : 50 + dx] for dx, dy in ((2, 0), (-2, 0), (0, 2), (0, -2))]
     for view, expected in zip(views[1:5], shifted):
         torch.testing.assert_close(view, expected, rtol=0, atol=1e-5)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        under_autocast = judge.tta_views(images)
+        under_autocast = PredictionViews.of(judge).apply(images)
     for view, reference in zip(under_autocast, views):
         assert view.dtype == torch.float32
         torch.testing.assert_close(view, reference, rtol=0, atol=1e-5)

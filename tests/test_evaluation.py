@@ -11,7 +11,7 @@ from emodiff.encoders import EmotionJudge
 from emodiff.evaluation import (
     IdentityModel, choose_setting, emotion_scores, evaluate_editor, frechet_distance, sample_inputs, write_report,
 )
-from emodiff.predict import read_face, sample_faces
+from emodiff.assets import sample_faces
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +22,7 @@ def identity():
 @pytest.fixture(scope="module")
 def real_faces():
     """The bundled PublicTest crops: one real face per emotion, always available."""
-    return np.stack([read_face(path) for path in sample_faces()])
+    return np.stack([np.asarray(Image.open(path).convert("L")) for path in sample_faces()])
 
 
 @pytest.fixture(scope="module")

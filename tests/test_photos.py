@@ -4,22 +4,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from emodiff import faces as face_ops
+from emodiff import photos as face_ops
 from emodiff.cli import main
 
-from .test_cli import model_dir  # noqa: F401  (fixture)
-
-PHOTO = face_ops.Path(face_ops.__file__).parent / "assets" / "photos" / "astronaut.jpg"
-
 
 @pytest.fixture(scope="module")
-def photo():
-    return face_ops.load_photo(PHOTO)
-
-
-@pytest.fixture(scope="module")
-def finder():
-    return face_ops.FaceFinder()
+def photo(photo_path):
+    return face_ops.load_photo(photo_path)
 
 
 def _edit(model_dir, out, *args):
@@ -63,8 +54,8 @@ def test_paste_changes_only_luminance_inside_the_face(photo, finder):
     assert np.abs(after[..., 1:] - before[..., 1:])[changed].mean() < 1.0  # chroma kept (up to rounding/clipping)
 
 
-def _variants(tmp_path):
-    base = Image.open(PHOTO).convert("RGB").crop((0, 0, 512, 400))  # not square: a rotation would show
+def _variants(tmp_path, photo_path):
+    base = Image.open(photo_path).convert("RGB").crop((0, 0, 512, 400))  # not square: a rotation would show
     rgba = base.convert("RGBA")
     rgba.putalpha(200)
     rgba.save(tmp_path / "rgba.png")
@@ -78,8 +69,8 @@ def _variants(tmp_path):
             "exif.jpg": ("RGB", base.size)}
 
 
-def test_every_photo_format_and_mode_is_edited_at_its_size(model_dir, tmp_path):  # noqa: F811
-    expected = _variants(tmp_path)
+def test_every_photo_format_and_mode_is_edited_at_its_size(model_dir, tmp_path, photo_path):
+    expected = _variants(tmp_path, photo_path)
     out = tmp_path / "out"
     assert _edit(model_dir, out, *(tmp_path / name for name in expected), "--to", "happy,sad", "--crop") == 0
     for name, (mode, size) in expected.items():
@@ -92,7 +83,7 @@ def test_every_photo_format_and_mode_is_edited_at_its_size(model_dir, tmp_path):
     assert np.all(np.asarray(rgba)[..., 3] == 200)  # alpha untouched
 
 
-def test_png_photo_keeps_colours_outside_the_face(model_dir, tmp_path, photo, finder):  # noqa: F811
+def test_png_photo_keeps_colours_outside_the_face(model_dir, tmp_path, photo, finder):
     source = tmp_path / "exact.png"
     photo.save(source)
     out = tmp_path / "out"
@@ -100,10 +91,10 @@ def test_png_photo_keeps_colours_outside_the_face(model_dir, tmp_path, photo, fi
     assert _outside_face_unchanged(photo, Image.open(out / "exact_angry.png"), finder.find(photo)[0])
 
 
-def test_photo_without_a_face_is_an_error_naming_it_and_others_still_edited(model_dir, tmp_path, capsys):  # noqa: F811
+def test_photo_without_a_face_is_an_error_naming_it_and_others_still_edited(model_dir, tmp_path, capsys, photo_path):
     Image.new("RGB", (300, 200), (120, 160, 200)).save(tmp_path / "sky.jpg")
     out = tmp_path / "out"
-    status = _edit(model_dir, out, tmp_path / "sky.jpg", PHOTO, "--to", "fear")
+    status = _edit(model_dir, out, tmp_path / "sky.jpg", photo_path, "--to", "fear")
     assert status != 0
     err = capsys.readouterr().err
     assert "sky.jpg" in err and "no face" in err
@@ -122,7 +113,7 @@ def two_faces(tmp_path, photo):
 
 
 @pytest.mark.parametrize("choice, edited_faces", [("all", [0, 1]), ("largest", [0]), ("0", [0]), ("1", [1])])
-def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, finder, choice, edited_faces):  # noqa: F811
+def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, finder, choice, edited_faces):
     original = face_ops.load_photo(two_faces)
     found = finder.find(original)
     assert len(found) == 2
@@ -138,6 +129,6 @@ def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, 
         assert (region > 1.0) == (index in edited_faces), (choice, index, region)
 
 
-def test_bad_face_choice_is_refused_before_work(tmp_path, capsys):
-    assert main(["edit", str(PHOTO), "--to", "happy", "--out", str(tmp_path / "o"), "--face", "middle"]) == 2
+def test_bad_face_choice_is_refused_before_work(tmp_path, capsys, photo_path):
+    assert main(["edit", str(photo_path), "--to", "happy", "--out", str(tmp_path / "o"), "--face", "middle"]) == 2
     assert "--face" in capsys.readouterr().err and not (tmp_path / "o").exists()

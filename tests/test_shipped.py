@@ -34,11 +34,15 @@ def test_predict_runs_on_the_bundled_faces():
 @pytest.mark.parametrize("kind, floor", [("cnn", 0.56), ("judge", 0.60)])
 def test_shipped_classifiers_recognise_real_publictest_faces(real_publictest_csv, kind, floor):
     """A regression guard on 300 held-out faces (the README has the full-split numbers)."""
+    import contextlib
+
+    import torch
+
     from emodiff.data import load_fer2013
-    from emodiff.training import evaluate_encoder, make_accelerator
+    from emodiff.training import evaluate_encoder
 
     faces = load_fer2013(real_publictest_csv)
-    accuracy = evaluate_encoder(load_encoder(kind), faces, make_accelerator("cpu"))["accuracy"]
+    accuracy = evaluate_encoder(load_encoder(kind), faces, torch.device("cpu"), contextlib.nullcontext)["accuracy"]
     assert accuracy >= floor, accuracy
 
 
@@ -68,7 +72,7 @@ def test_a_built_wheel_carries_every_weight_and_asset(tmp_path):
 
 def test_the_default_model_is_shipped_small_and_edits_a_face_out_of_the_box(tmp_path):
     from emodiff.pipeline import DEFAULT_MODEL
-    from emodiff.predict import sample_faces
+    from emodiff.assets import sample_faces
 
     default_bytes = sum(f.stat().st_size for f in DEFAULT_MODEL.rglob("*") if f.is_file())
     all_bytes = sum(f.stat().st_size for f in SHIPPED_WEIGHTS.rglob("*") if f.is_file())
@@ -89,10 +93,10 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
     import numpy as np
     from PIL import Image
 
-    from emodiff.data import EMOTIONS
+    from emodiff.labels import EMOTIONS
     from emodiff.evaluation import judge_labels
     from emodiff.pipeline import EmotionEditPipeline
-    from emodiff.predict import sample_faces
+    from emodiff.assets import sample_faces
 
     paths = sample_faces()  # one bundled PublicTest face per emotion, named publictest_<emotion>
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in paths])
@@ -106,3 +110,37 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
     own = pipe.edit_faces(faces[:2], [sources[0]], source_labels=sources[:2])[:, 0]
     np.testing.assert_allclose(own[0], faces[0], atol=1)  # editing a face to its own emotion keeps it
     assert np.abs(own[1].astype(int) - faces[1]).mean() > 3  # ... and only that one
+
+
+# sha256 of the uint8 edits (7 bundled faces x 7 emotions, seed 0) the shipped model made before the
+# design refactor of issue #16; the code that makes them may change, these bytes may not. fp32 and
+# bf16 autocast (the default where the CPU has AMX/AVX512-BF16) are pinned separately.
+SHIPPED_EDIT_HASHES = {
+    ("ddim", "invert", False): "aa0a1514ad250d37f3a4356e2a3a7340823158035f6be8a6cec9bdde7cf70842",
+    ("ddim", "sdedit", False): "c9e5073a812df865fd855ada5496566dd8bfff14471418bd77b821f8ee49a7d6",
+    ("dpm", "invert", False): "17e92fd43218e76621fbe8e154f6078b3c2486d08a15af291292a19d980b7774",
+    ("ddim", "invert", True): "be12a476b2720a6d5664a8c4695b2f06cc98c1dbd5ec8049014d35aec64e7087",
+}
+
+
+@pytest.mark.parametrize("scheduler, mode, bf16", list(SHIPPED_EDIT_HASHES))
+def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, mode, bf16):
+    import hashlib
+
+    import numpy as np
+    from PIL import Image
+
+    from emodiff.assets import sample_faces
+    from emodiff.devices import bf16_supported
+    from emodiff.pipeline import EmotionEditPipeline
+    from emodiff.settings import EditSettings
+
+    import torch
+
+    if bf16 and not bf16_supported(torch.device("cpu")):
+        pytest.skip("bf16 edits are pinned for CPUs with bf16 units (AMX / AVX512-BF16)")
+    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
+    pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
+    settings = EditSettings() if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0)
+    edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
+    assert hashlib.sha256(edits.tobytes()).hexdigest() == SHIPPED_EDIT_HASHES[scheduler, mode, bf16]

@@ -11,7 +11,8 @@ from emodiff.cli import main
 from emodiff.encoders import FaceVAE
 from emodiff.pipeline import EmotionEditPipeline
 from emodiff.table1 import run_record
-from emodiff.training import CHECKPOINT, DiffusionTrainConfig, train_diffusion
+from emodiff.runs import CHECKPOINT
+from emodiff.training import DiffusionTrainConfig, train_diffusion
 
 TINY = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False))
 

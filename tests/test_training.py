@@ -5,7 +5,8 @@ import torch
 from safetensors.torch import load_file
 
 from emodiff.encoders import load_encoder
-from emodiff.training import CHECKPOINT, EncoderTrainConfig, train_encoder
+from emodiff.runs import CHECKPOINT
+from emodiff.training import EncoderTrainConfig, train_encoder
 
 
 def _config(data, out, **overrides):

@@ -1,32 +1,33 @@
 """``emodiff serve``: a gradio web app — upload a photo (or pick a sample), choose emotions, download.
 
-Requests are queued (two at a time) and the model runs one edit at a time under a lock: the
-pipeline's scheduler keeps per-call state, and a 2-core CPU gains nothing from running edits side
-by side.
+Requests are queued, two at a time. The pipeline builds its sampler per call and the face finder
+serialises dlib (not thread-safe) itself, so handlers share them without a lock of their own.
+Each request's files live in a folder of their own; folders older than ``KEEP_OUTPUTS_SECONDS``
+are deleted as new requests come in, and all of them when the app stops.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import tempfile
-import threading
+import time
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from .data import EMOTIONS
-from .demo import SAMPLE_PHOTOS, _cell, _square_around
-from .editing import Preparer, edit_prepared, load_pipeline, output_suffix
-from .faces import load_photo
-from .files import save_image
-from .pipeline import EditSettings
-from .predict import sample_faces
+from .assets import face_box, sample_faces, sample_photos, view
+from .files import image_format, save_image
+from .labels import EMOTIONS
+from .photos import PhotoError, Preparer, load_photo, save_options
+from .settings import EditSettings
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 # gradio's own limit only answers "Error" in the page, so it is set well above ours: uploads between
 # the two get check_upload's clear message, and the server still never takes a gigabyte.
 SERVER_UPLOAD_LIMIT = 10 * MAX_UPLOAD_BYTES
+KEEP_OUTPUTS_SECONDS = 3600  # long enough to download, short enough that a busy server's disk stays free
 
 
 class UploadError(ValueError):
@@ -37,48 +38,64 @@ def check_upload(path: str | None) -> Image.Image:
     """The uploaded file as an upright image, or a clear reason why not."""
     if not path:
         raise UploadError("Upload a photo or a face crop first (or pick a sample below).")
-    size = Path(path).stat().st_size
+    name, size = Path(path).name, Path(path).stat().st_size
     if size > MAX_UPLOAD_BYTES:
-        raise UploadError(f"{Path(path).name} is {size / 2**20:.1f} MB; uploads are limited to 20 MB.")
+        raise UploadError(f"{name} is {size / 2**20:.1f} MB; uploads are limited to 20 MB.")
     try:
         return load_photo(path)
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise UploadError(f"{Path(path).name} is not an image this app can read (JPEG, PNG, WebP, BMP or TIFF).") from None
+    except PhotoError as error:
+        raise UploadError(f"{name}: {error}.") from None
+    except (OSError, ValueError):
+        raise UploadError(f"{name} is not an image this app can read (JPEG, PNG, WebP, BMP or TIFF).") from None
 
 
 class EditService:
-    """The model behind the app: one edit at a time."""
+    """The model behind the app."""
 
     def __init__(self, model: str | None = None, device: str = "auto", settings: EditSettings = EditSettings()):
-        self.pipeline = load_pipeline(model, "ddim", device)
+        from .pipeline import EmotionEditPipeline
+
+        self.pipeline = EmotionEditPipeline.from_pretrained(model, scheduler="ddim", device=device)
         self.settings = settings
         self.prepare = Preparer("largest")
-        self.lock = threading.Lock()
         self.outputs = Path(tempfile.mkdtemp(prefix="emodiff-app-"))
 
     def edit(self, path: str | None, chosen: list[str], strength: float):
-        """-> (first chosen edit, 7-emotion strip of (image, caption), files to download)."""
+        """-> (first chosen edit, (input, edit) for the before/after view, 7-emotion strip of (image, caption), files to download)."""
         image = check_upload(path)
         if not chosen:
             raise UploadError("Choose at least one emotion.")
         settings = dataclasses.replace(self.settings, strength=float(strength))
         try:
             prepared = self.prepare(image)
-        except ValueError as error:  # no face found
-            raise UploadError(f"{Path(path).name}: {error}") from None
-        with self.lock:
-            outputs, _, _ = edit_prepared(self.pipeline, [prepared], list(range(len(EMOTIONS))), settings)
+        except PhotoError as error:  # no face found
+            raise UploadError(f"{Path(path).name}: {error}. Try a photo where the face is frontal and at least 40 pixels wide.") from None
+        outputs, _, _ = self.pipeline.edit_prepared([prepared], list(range(len(EMOTIONS))), settings)
         results = outputs[0]
-        box = _square_around(prepared.faces[0], image) if prepared.faces else None
-        strip = [(Image.fromarray(_cell(result, box)), name) for result, name in zip(results, EMOTIONS)]
-        suffix, stem = output_suffix(Path(path), prepared), Path(path).stem
+        box = face_box(prepared, image)
+        strip = [(Image.fromarray(view(result, box)), name) for result, name in zip(results, EMOTIONS)]
+        first = results[EMOTIONS.index(chosen[0])]
+        return first, (image, first), strip, self._files(Path(path), prepared, results, chosen)
+
+    def _files(self, upload: Path, prepared, results, chosen: list[str]) -> list[str]:
+        self.forget_old_outputs()
         folder = Path(tempfile.mkdtemp(dir=self.outputs))
-        files = []
+        suffix, files = prepared.output_suffix(upload), []
         for name in chosen:
-            target = folder / f"{stem}_{name}{suffix}"
-            save_image(results[EMOTIONS.index(name)], target)
+            target = folder / f"{upload.stem}_{name}{suffix}"
+            result = results[EMOTIONS.index(name)]
+            save_image(result, target, save_options(result, image_format(target)))
             files.append(str(target))
-        return results[EMOTIONS.index(chosen[0])], strip, files
+        return files
+
+    def forget_old_outputs(self, older_than: float = KEEP_OUTPUTS_SECONDS) -> None:
+        cutoff = time.time() - older_than
+        for folder in self.outputs.iterdir():
+            if folder.stat().st_mtime < cutoff:
+                shutil.rmtree(folder, ignore_errors=True)
+
+    def close(self) -> None:
+        shutil.rmtree(self.outputs, ignore_errors=True)
 
 
 def build_app(service: EditService):
@@ -100,7 +117,7 @@ def build_app(service: EditService):
         except UploadError as error:
             raise gr.Error(str(error)) from None
 
-    samples = [str(p) for p in sorted(SAMPLE_PHOTOS.glob("*.jpg"))] + [str(p) for p in sample_faces()]
+    samples = [str(p) for p in sample_photos()] + [str(p) for p in sample_faces()]
     with gr.Blocks(title="emodiff") as app:
         gr.Markdown(
             "# emodiff\nChange the expression of a face with a conditional diffusion model trained on FER-2013. "
@@ -116,10 +133,11 @@ def build_app(service: EditService):
                 gr.Examples(samples, inputs=upload, label="Samples")
             with gr.Column():
                 edited = gr.Image(label="Edited", type="pil", elem_id="edited")
+                before_after = gr.ImageSlider(label="Before / after", type="pil", elem_id="before-after")
                 strip = gr.Gallery(label="All 7 emotions", columns=7, height="auto", elem_id="strip")
                 download = gr.File(label="Download", file_count="multiple", elem_id="download")
         upload.upload(check, upload, None)
-        button.click(run, [upload, chosen, strength], [edited, strip, download], concurrency_limit=2)
+        button.click(run, [upload, chosen, strength], [edited, before_after, strip, download], concurrency_limit=2)
     return app
 
 
@@ -136,8 +154,3 @@ def launch(service: EditService, host: str, port: int, block: bool = True):
         quiet=not block,
     )
     return app
-
-
-def serve(args) -> int:
-    launch(EditService(args.model, args.device), args.host, args.port)
-    return 0

@@ -1,42 +1,26 @@
-"""The ``emodiff`` command line: one subcommand per job, each with a --help that explains it."""
+"""The ``emodiff`` command line: one subcommand per job, each with a --help that explains it.
+
+Options shared by several commands are declared once, in parent parsers; each subcommand's
+handler is one small function that turns its options into the dataclass its module takes. Only
+``labels`` and ``settings`` (no torch) are imported to build the parser, so ``--help`` and
+argument errors answer at once; the work's modules are imported when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
+import shlex
 import sys
-from importlib import import_module
 from pathlib import Path
 
-from .data import EMOTIONS, FERDataError
+from .labels import EMOTIONS, FERDataError, parse_emotion, parse_emotions, parse_split
+from .settings import MODES, SAMPLERS, EditSettings
+
+DATA_HELP = "FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release"
 
 
-def _lazy(target: str):
-    """A handler importing ``module:function`` only when its command runs, so --help stays quick."""
-    module, function = target.split(":")
-    return lambda args: getattr(import_module(f".{module}", __package__), function)(args)
-
-
-def _add_edit_options(parser: argparse.ArgumentParser) -> None:
-    """Options shared by edit, evaluate and sweep."""
-    from .pipeline import MODES, SCHEDULERS, EditSettings
-
-    defaults = EditSettings()
-    parser.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
-    parser.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
-    parser.add_argument("--steps", type=int, default=defaults.steps, help=f"sampler steps over the full T (default: {defaults.steps})")
-    parser.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
-    parser.add_argument("--guidance", type=float, default=defaults.guidance, help=f"classifier-free guidance scale on the label (default: {defaults.guidance})")
-    parser.add_argument(
-        "--keep-detail",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="add only the edit's change (decode under the target minus decode under the source emotion) to the input, "
-        "so texture the model cannot reproduce stays the input's own; one more decode per face; not with --mode paper "
-        "(default: on with --mode invert, off otherwise)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
+# ----------------------------------------------------------------------------- option types
 
 
 def _float_list(text: str) -> tuple[float, ...]:
@@ -44,6 +28,13 @@ def _float_list(text: str) -> tuple[float, ...]:
         return tuple(float(part) for part in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, got {text!r}") from None
 
 
 def _switch_list(text: str) -> tuple[bool, ...]:
@@ -54,19 +45,91 @@ def _switch_list(text: str) -> tuple[bool, ...]:
     return tuple(switches[part] for part in parts)
 
 
-def _add_run_control(parser: argparse.ArgumentParser) -> None:
-    """Checkpointing, resuming, bad-row handling and device: shared by both training commands."""
-    parser.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    parser.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    parser.add_argument("--stop-at-step", type=int, default=None, help="end this invocation after this optimizer step (resumable)")
-    _add_device(parser)
+def _checked(parse):
+    """An argparse type from a labels parser, so a bad value is a usage error naming the choices."""
+
+    def convert(text: str):
+        try:
+            return parse(text)
+        except FERDataError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+
+    convert.__name__ = parse.__name__
+    return convert
 
 
-def _add_device(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto = cuda if available)"
+# ----------------------------------------------------------------------------- shared options
+
+
+def _parent(add) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(add_help=False)
+    add(parser)
+    return parser
+
+
+def _device(p):
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="where to run (default: auto = cuda if available; asking for an absent cuda is an error)")
+
+
+def _model(p):
+    p.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+
+
+def _scheduler(p):
+    p.add_argument("--scheduler", default="ddim", choices=SAMPLERS, help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
+
+
+def _sampling(p, steps: int, guidance: float):
+    """The sampler's options, shared by edits and random samples (with their own defaults)."""
+    p.add_argument("--steps", type=int, default=steps, help=f"sampler steps over the full T (default: {steps})")
+    _scheduler(p)
+    p.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance scale on the label (default: {guidance:g})")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
+
+
+def _edit(p):
+    defaults = EditSettings()
+    p.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
+    p.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
+    _sampling(p, defaults.steps, defaults.guidance)
+    p.add_argument(
+        "--keep-detail",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="add only the edit's change (decode under the target minus decode under the source emotion) to the input, "
+        "so texture the model cannot reproduce stays the input's own; one more decode per face; not with --mode paper "
+        "(default: on with --mode invert, off otherwise)",
     )
+
+
+def _training(p):
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--out", required=True, help="run directory to write (refused if it holds a run, unless --resume)")
+    p.add_argument("--seed", type=int, default=0, help="seed of data order, noise, augmentation and initialisation (default: 0)")
+    p.add_argument("--checkpoint-minutes", type=float, default=5.0, help="minutes between checkpoints (default: 5)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    p.add_argument("--stop-at-step", type=int, default=None, help="end this invocation after this optimizer step (resumable)")
+    _device(p)
+
+
+def _evaluation(p):
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--split", default="PublicTest", type=_checked(parse_split), help="split to take inputs from (default: PublicTest)")
+    p.add_argument("--per-class", type=int, default=20, help="inputs per source emotion, drawn with --seed (default: 20)")
+    p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    _device(p)
+
+
+def _unet(p):
+    p.add_argument("--batch-size", type=int, default=64, help="training images per step over all processes (default: 64)")
+    p.add_argument("--channels", type=_int_list, default=(32, 64, 128), help="UNet widths per level (default: 32,64,128)")
+    p.add_argument("--layers-per-block", type=int, default=2, help="ResNet layers per UNet level (default: 2)")
+
+
+# ----------------------------------------------------------------------------- handlers
 
 
 def _config(config_class, args: argparse.Namespace, **fields):
@@ -75,7 +138,17 @@ def _config(config_class, args: argparse.Namespace, **fields):
     return config_class(**{**{name: value for name, value in vars(args).items() if name in names}, **fields})
 
 
-def _cmd_train_encoder(args: argparse.Namespace) -> int:
+def _command_line() -> str:
+    return "emodiff " + shlex.join(sys.argv[1:])
+
+
+def _pipeline(args: argparse.Namespace):
+    from .pipeline import EmotionEditPipeline
+
+    return EmotionEditPipeline.from_pretrained(args.model, scheduler=args.scheduler, device=args.device)
+
+
+def _cmd_train_encoder(args) -> int:
     from .training import EncoderTrainConfig, train_encoder
 
     result = train_encoder(_config(EncoderTrainConfig, args))
@@ -84,53 +157,67 @@ def _cmd_train_encoder(args: argparse.Namespace) -> int:
     return 0
 
 
-def _split(text: str) -> str:
-    from .data import parse_split
-
-    try:
-        return parse_split(text)
-    except FERDataError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
-def _int_list(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 32,64,128, got {text!r}") from None
-
-
-def _cmd_train(args: argparse.Namespace) -> int:
+def _cmd_train(args) -> int:
     from .training import DiffusionTrainConfig, train_diffusion
 
-    attention = args.attention or (0,) * len(args.channels)
-    config = _config(DiffusionTrainConfig, args, block_out_channels=args.channels, attention_levels=tuple(map(bool, attention)))
-    result = train_diffusion(config)
+    attention = tuple(map(bool, args.attention or (0,) * len(args.channels)))
+    result = train_diffusion(_config(DiffusionTrainConfig, args, block_out_channels=args.channels, attention_levels=attention))
     if result["is_main"]:
         print(f"{args.cond}: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
     return 0
 
 
-def _cmd_test_encoder(args: argparse.Namespace) -> int:
-    from .data import load_fer2013
-    from .encoders import load_encoder
-    from .training import evaluate_encoder, make_accelerator
+def _cmd_edit(args) -> int:
+    from .editing import EditJob, edit_files
 
-    model = load_encoder(args.model)
-    overrides = {"tta_shift": args.tta_shift, "tta_rotate_deg": args.tta_rotate, "tta_zoom": args.tta_zoom}
-    model.register_to_config(**{key: value for key, value in overrides.items() if value is not None})
-    faces = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
-    if len(faces) == 0:
-        raise ValueError(f"{args.data}: no {args.split} rows")
-    accelerator = make_accelerator(args.device)
-    metrics = evaluate_encoder(model.to(accelerator.device), faces, accelerator)
-    print(f"{type(model).__name__} on {len(faces)} {args.split} faces: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+    job = _config(
+        EditJob, args, inputs=args.images, targets=parse_emotions(args.to), settings=_config(EditSettings, args),
+        source=None if args.source is None else parse_emotion(args.source), detect=not args.no_detect,
+    )  # fmt: skip
+    return edit_files(job, lambda: _pipeline(args))
+
+
+def _cmd_sample(args) -> int:
+    from .editing import check_out_dir, write_samples
+
+    label = parse_emotion(args.emotion)
+    if args.n <= 0 or args.steps <= 0:
+        raise ValueError("-n and --steps must be positive")
+    check_out_dir(Path(args.out))
+    faces = _pipeline(args).sample(label, args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+    write_samples(faces, label, Path(args.out))
+    print(f"wrote {len(faces)} {EMOTIONS[label]} face(s) to {args.out}")
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
+def _cmd_test_encoder(args) -> int:
+    from functools import partial
+
+    from .data import load_fer2013
+    from .devices import autocast, bf16_supported, resolve_device
+    from .encoders import EmotionClassifier, PredictionViews, load_encoder
+    from .training import evaluate_encoder
+
+    device = resolve_device(args.device)
+    model = load_encoder(args.model).to(device)
+    metrics = None
+    if isinstance(model, EmotionClassifier):
+        asked = {"shift": args.tta_shift, "rotate_deg": args.tta_rotate, "zoom": args.tta_zoom}
+        views = dataclasses.replace(PredictionViews.of(model), **{k: v for k, v in asked.items() if v is not None})
+        metrics = partial(model.validation_metrics, views=views)
+    faces = load_fer2013(args.data, skip_bad=args.skip_bad).split(args.split)
+    if len(faces) == 0:
+        raise ValueError(f"{args.data}: no {args.split} rows")
+    measured = evaluate_encoder(model, faces, device, lambda: autocast(device, bf16_supported(device)), metrics)
+    print(f"{type(model).__name__} on {len(faces)} {args.split} faces: " + ", ".join(f"{k} {v:.4f}" for k, v in measured.items()))
+    return 0
+
+
+def _cmd_export(args) -> int:
+    import shutil
+
     from .files import save_model_dir
-    from .training import METRICS, TRAINING_CONFIG
+    from .runs import METRICS, TRAINING_CONFIG
 
     source, out = Path(args.model), Path(args.out)
     if (source / "denoiser").is_dir():
@@ -148,53 +235,42 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_line() -> str:
-    import shlex
-
-    return "emodiff " + shlex.join(sys.argv[1:])
-
-
-def _evaluation_inputs(args: argparse.Namespace):
+def _evaluation_inputs(args):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
     from .evaluation import load_evaluation_inputs
 
     return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad)
 
 
-def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .editing import load_pipeline
+def _cmd_evaluate(args) -> int:
     from .evaluation import evaluate_editor, write_report
-    from .pipeline import EditSettings
 
-    settings = EditSettings.from_options(args)
-    pipeline = load_pipeline(args.model, args.scheduler, args.device)
+    settings = _config(EditSettings, args)
+    pipeline = _pipeline(args)
     inputs, split, judge, identity = _evaluation_inputs(args)
     editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
     evaluation = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split)
-    title = f"Evaluation of {args.model or 'the shipped model'} on {args.split}"
-    write_report(evaluation, Path(args.out), title, _command_line())
+    write_report(evaluation, Path(args.out), f"Evaluation of {args.model or 'the shipped model'} on {args.split}", _command_line())
     m = evaluation.metrics
     print(f"macro F1 {m['emotion']['macro_f1']:.3f} (real inputs {m['real_inputs']['macro_f1']:.3f}), identity kept "
           f"{m['identity']['kept_fraction']:.0%}, median distance {m['identity']['median_distance']:.3f}; report in {args.out}")
     return 0
 
 
-def _cmd_sweep(args: argparse.Namespace) -> int:
+def _cmd_sweep(args) -> int:
     import itertools
     import json
 
-    from .editing import load_pipeline
     from .evaluation import choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
-    from .pipeline import EditSettings
+    from .pipeline import EmotionEditPipeline
 
     grid = []
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
                 grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail))
-    models = args.model or [None]
-    pipelines = {m or "shipped": load_pipeline(m, args.scheduler, args.device) for m in models}
+    pipelines = {m or "shipped": EmotionEditPipeline.from_pretrained(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     inputs, split, judge, identity = _evaluation_inputs(args)
     rows = []
     for (name, pipeline), settings in itertools.product(pipelines.items(), grid):
@@ -221,254 +297,215 @@ def _variant_models(items: list[str] | None) -> dict[str, str]:
     return models
 
 
-def _cmd_reproduce_table1(args: argparse.Namespace) -> int:
-    from .pipeline import EditSettings
+def _cmd_reproduce_table1(args) -> int:
     from .table1 import Table1Config, reproduce_table1
 
     train = {"batch_size": args.batch_size, "block_out_channels": args.channels, "layers_per_block": args.layers_per_block}
     train["attention_levels"] = (False,) * len(args.channels)
-    config = _config(Table1Config, args, models=_variant_models(args.models), train=train, settings=EditSettings.from_options(args))
+    config = _config(Table1Config, args, models=_variant_models(args.models), train=train, settings=_config(EditSettings, args))
     reproduce_table1(config, _command_line())
     print(f"table in {Path(args.out) / 'table1.md'}")
     return 0
 
 
-def _cmd_predict(args: argparse.Namespace) -> int:
+def _cmd_demo(args) -> int:
+    import time
+
+    from .assets import demo_grid
+    from .files import save_image
+
+    started = time.perf_counter()
+    grid, count = demo_grid(_pipeline(args), _config(EditSettings, args), seed=args.seed)
+    save_image(grid, Path(args.out))
+    print(f"edited {count} faces to {len(EMOTIONS)} emotions in {time.perf_counter() - started:.1f} s: {args.out}")
+    return 0
+
+
+def _cmd_serve(args) -> int:
+    from .app import EditService, launch
+
+    service = EditService(args.model, args.device)
+    try:
+        launch(service, args.host, args.port)
+    finally:
+        service.close()
+    return 0
+
+
+def _cmd_predict(args) -> int:
     from .predict import predict_files
 
-    return predict_files(args.images, model=args.model, device=args.device)
+    return predict_files(args.images, model=args.model, device=args.device, face=args.face)
+
+
+# ----------------------------------------------------------------------------- the parser
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .pipeline import SCHEDULERS
-
-    parser = argparse.ArgumentParser(
-        prog="emodiff",
-        description="Change the facial expression of a face with a conditional diffusion model (FER-2013).",
-    )
+    device, model, edit = _parent(_device), _parent(_model), _parent(_edit)
+    training, evaluation, unet = _parent(_training), _parent(_evaluation), _parent(_unet)
+    parser = argparse.ArgumentParser(prog="emodiff", description="Change the facial expression of a face with a conditional diffusion model (FER-2013).")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    train = commands.add_parser(
-        "train-encoder",
-        help="train a semantic encoder (cnn, vae) or the evaluation judge on FER-2013",
-        description="Train the CNN emotion encoder, the VAE encoder or the judge on the Training split, "
-        "validating on PublicTest after every epoch. Writes OUT/config.json + "
-        "OUT/diffusion_pytorch_model.safetensors (the model), OUT/metrics.csv (one row per epoch) and "
-        "OUT/checkpoint.safetensors (every few minutes, for --resume).",
-    )
-    train.add_argument("kind", choices=("cnn", "vae", "judge"), help="which model to train")
-    train.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
-    train.add_argument("--out", required=True, help="model directory to write (refused if it holds a run, unless --resume)")
-    train.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, vae 20)")
-    train.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
-    train.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
-    train.add_argument("--seed", type=int, default=0, help="seed of data order, augmentation and initialisation (default: 0)")
-    train.add_argument(
-        "--init",
-        default=None,
-        help="start from the weights of this trained model directory of the same kind (fine-tuning with a fresh "
-        "warm-up + cosine schedule) instead of a random initialisation",
-    )
-    _add_run_control(train)
-    train.set_defaults(handler=_cmd_train_encoder)
+    def command(name: str, handler, help: str, description: str, parents=()):
+        sub = commands.add_parser(name, help=help, description=description, parents=list(parents))
+        sub.set_defaults(handler=handler)
+        return sub
 
-    train_dm = commands.add_parser(
-        "train",
-        help="train the conditional diffusion model (label, cnn or vae variant)",
-        description="Train the paper's conditional DDPM (1000 steps, linear betas 1e-4..0.02, MSE on the noise) "
-        "on the Training split. The condition added to the timestep embedding is the label embedding (label) or "
-        "concat(label embedding, Linear(semantic code)) (cnn, vae). Writes a model directory usable by "
-        "'emodiff edit --model OUT' after every checkpoint: denoiser/ (EMA weights), scheduler/, encoder/, "
-        "metrics.csv (loss curve), samples/*.png, training_config.json and checkpoint.safetensors (for --resume). "
-        "Runs on several GPUs or machines unchanged with 'accelerate launch -m emodiff.cli train ...'.",
-    )
-    train_dm.add_argument("--cond", required=True, choices=("label", "cnn", "vae"), help="conditioning variant")
-    train_dm.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
-    train_dm.add_argument("--out", required=True, help="model directory to write (refused if it holds a run, unless --resume)")
-    train_dm.add_argument("--encoder", default=None, help="semantic encoder directory for cnn/vae (default: the shipped one)")
-    budget = train_dm.add_mutually_exclusive_group()
+    p = command(
+        "train-encoder", _cmd_train_encoder, "train a semantic encoder (cnn, vae) or the evaluation judge on FER-2013",
+        "Train the CNN emotion encoder, the VAE encoder or the judge on the Training split, validating on PublicTest after "
+        "every epoch. Writes OUT/config.json + OUT/diffusion_pytorch_model.safetensors (the model), OUT/metrics.csv (one row "
+        "per epoch) and OUT/checkpoint.safetensors (every few minutes, for --resume).", [training],
+    )  # fmt: skip
+    p.add_argument("kind", choices=("cnn", "vae", "judge"), help="which model to train")
+    p.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, vae 20)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
+    p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
+    p.add_argument("--init", default=None, help="start from the weights of this trained model directory of the same kind "
+                   "(fine-tuning with a fresh warm-up + cosine schedule) instead of a random initialisation")  # fmt: skip
+
+    p = command(
+        "train", _cmd_train, "train the conditional diffusion model (label, cnn or vae variant)",
+        "Train the paper's conditional DDPM (1000 steps, linear betas 1e-4..0.02, MSE on the noise) on the Training split. "
+        "The condition added to the timestep embedding is the label embedding (label) or concat(label embedding, "
+        "Linear(semantic code)) (cnn, vae). Writes a model directory usable by 'emodiff edit --model OUT' after every "
+        "checkpoint: denoiser/ (EMA weights), scheduler/, encoder/, metrics.csv (loss curve), samples/*.png, "
+        "training_config.json and checkpoint.safetensors (for --resume). Runs on several GPUs or machines unchanged with "
+        "'accelerate launch -m emodiff.cli train ...'.", [training, unet],
+    )  # fmt: skip
+    p.add_argument("--cond", required=True, choices=("label", "cnn", "vae"), help="conditioning variant")
+    p.add_argument("--encoder", default=None, help="semantic encoder directory for cnn/vae (default: the shipped one)")
+    p.add_argument("--init", default=None, help="continue from this trained model directory's weights (its architecture and encoder; a fresh optimizer and schedule)")
+    budget = p.add_mutually_exclusive_group()
     budget.add_argument("--images", type=int, default=None, help="budget in training images seen (default: 600000)")
     budget.add_argument("--minutes", type=float, default=None, help="budget in minutes of training, summed over resumes")
-    train_dm.add_argument("--batch-size", type=int, default=64, help="images per step over all processes (default: 64)")
-    train_dm.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate after warm-up (default: 3e-4)")
-    train_dm.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
-    train_dm.add_argument("--channels", type=_int_list, default=(32, 64, 128), help="UNet widths per level (default: 32,64,128)")
-    train_dm.add_argument("--layers-per-block", type=int, default=2, help="ResNet layers per UNet level (default: 2)")
-    train_dm.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
-    train_dm.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
-    train_dm.add_argument("--seed", type=int, default=0, help="seed of data order, noise and initialisation (default: 0)")
-    _add_run_control(train_dm)
-    train_dm.set_defaults(handler=_cmd_train)
+    p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate after warm-up (default: 3e-4)")
+    p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="learning rate after warm-up: constant, or cosine decay to zero at the --images budget (default: constant)")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
+    p.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
+    p.add_argument("--sample-minutes", type=float, default=30.0, help="minutes between sample grids in OUT/samples (one more at the end; default: 30)")
 
-    edit = commands.add_parser(
-        "edit",
-        help="change the expression of face images to chosen emotions",
-        description="Edit each IMAGE to every emotion in --to. A face crop (up to 64x64) is edited whole and written as "
+    p = command(
+        "edit", _cmd_edit, "change the expression of face images to chosen emotions",
+        "Edit each IMAGE to every emotion in --to. A face crop (up to 64x64) is edited whole and written as "
         "OUT/<stem>_<emotion>.png, 8-bit grayscale at its size. In a photo (larger, any format, colour or not, EXIF "
         "rotation applied) the faces are found and aligned, edited as 48x48 crops, and the change is blended into the "
-        "photo's luminance: OUT/<stem>_<emotion>.<ext> at the photo's size, colours kept. Modes: paper = from pure noise with the target label and the input's semantic code "
-        "(the paper's manipulation); sdedit = noise the input to strength*T and denoise with the target; "
-        "invert = deterministic DDIM inversion of the input to strength*T under its source emotion, then decode "
-        "under the target (keeps the person best). All targets of an input are sampled in one batch.",
-    )
-    edit.add_argument("images", nargs="+", help="face crops (up to 64x64), photos (any size; faces are found), or folders of them")
-    edit.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
-    edit.add_argument("--out", required=True, help="output directory")
-    edit.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    _add_edit_options(edit)
-    edit.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
-    edit.add_argument("--face", default="largest", help="in photos: largest, all, or an index counted left to right from 0 (default: largest)")
-    edit.add_argument("--crop", action="store_true", help="in photos: also write each 48x48 face crop and its edits")
-    edit.add_argument("--no-detect", action="store_true", help="take every input as a face crop, whatever its size")
-    edit.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
-    edit.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
-    _add_device(edit)
-    edit.set_defaults(handler=_lazy("editing:run_edit"))
+        "photo's luminance: OUT/<stem>_<emotion>.<ext> at the photo's size, colours, ICC profile, DPI and EXIF kept "
+        "(JPEG at the input's own quantisation). Modes: paper = from pure noise with the target label and the input's "
+        "semantic code (the paper's manipulation); sdedit = noise the input to strength*T and denoise with the target; "
+        "invert = deterministic DDIM inversion of the input to strength*T under its source emotion, then decode under "
+        "the target (keeps the person best). Every output name is checked before any work: a run never writes over an "
+        "input or another of its outputs, and replaces existing files only with --overwrite. Inputs that cannot be "
+        "edited are named with the reason, the rest are written, and the exit code is 1.", [model, edit, device],
+    )  # fmt: skip
+    p.add_argument("images", nargs="+", help="face crops (up to 64x64), photos (any size; faces are found), or folders of them")
+    p.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
+    p.add_argument("--face", default="largest", help="in photos: largest, all, or an index counted left to right from 0 (default: largest)")
+    p.add_argument("--crop", action="store_true", help="in photos: also write each 48x48 face crop and its edits")
+    p.add_argument("--no-detect", action="store_true", help="take every input as a face crop, whatever its size")
+    p.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
+    p.add_argument("--batch-size", type=int, default=16, help="input faces edited together (default: 16)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that already exist in --out (never an input)")
 
-    sample = commands.add_parser(
-        "sample",
-        help="generate random faces showing an emotion",
-        description="Sample N random faces of one emotion from pure noise and write OUT/<emotion>_<i>.png.",
-    )
-    sample.add_argument("--emotion", required=True, help=f"one of {', '.join(EMOTIONS)}")
-    sample.add_argument("-n", type=int, default=8, help="number of faces (default: 8)")
-    sample.add_argument("--out", required=True, help="output directory")
-    sample.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    sample.add_argument("--steps", type=int, default=50, help="sampler steps (default: 50)")
-    sample.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
-    sample.add_argument("--guidance", type=float, default=3.0, help="classifier-free guidance scale (default: 3)")
-    sample.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
-    _add_device(sample)
-    sample.set_defaults(handler=_lazy("editing:run_sample"))
+    p = command("sample", _cmd_sample, "generate random faces showing an emotion",
+                "Sample N random faces of one emotion from pure noise and write OUT/<emotion>_<i>.png.", [model, device])  # fmt: skip
+    p.add_argument("--emotion", required=True, help=f"one of {', '.join(EMOTIONS)}")
+    p.add_argument("-n", type=int, default=8, help="number of faces (default: 8)")
+    p.add_argument("--out", required=True, help="output directory")
+    _sampling(p, steps=50, guidance=3.0)
 
-    test_encoder = commands.add_parser(
-        "test-encoder",
-        help="measure an encoder or judge on a FER-2013 split (accuracy, or PSNR for the VAE)",
-        description="Print the accuracy (classifiers, mirror-averaged) or reconstruction PSNR (VAE) of a model "
-        "directory, or of a shipped model named cnn, vae or judge, on one split.",
-    )
-    test_encoder.add_argument("model", help="model directory, or cnn / vae / judge for the shipped ones")
-    test_encoder.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
-    test_encoder.add_argument("--split", default="PublicTest", type=_split, help="Training, PublicTest or PrivateTest (default: PublicTest)")
-    test_encoder.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    test_encoder.add_argument("--tta-shift", type=int, default=None, help="classifiers: also average over the face moved this many pixels each way (0: none; default: the model's own setting)")
-    test_encoder.add_argument("--tta-rotate", type=float, default=None, help="classifiers: also average over the face turned this many degrees each way (0: none; default: the model's own)")
-    test_encoder.add_argument("--tta-zoom", type=float, default=None, help="classifiers: also average over the face zoomed by 1 ± this fraction (0: none; default: the model's own)")
-    _add_device(test_encoder)
-    test_encoder.set_defaults(handler=_cmd_test_encoder)
+    p = command(
+        "test-encoder", _cmd_test_encoder, "measure an encoder or judge on a FER-2013 split (accuracy, or PSNR for the VAE)",
+        "Print the accuracy (classifiers, mirror-averaged) or reconstruction PSNR (VAE) of a model directory, or of a "
+        "shipped model named cnn, vae or judge, on one split.", [device],
+    )  # fmt: skip
+    p.add_argument("model", help="model directory, or cnn / vae / judge for the shipped ones")
+    p.add_argument("--data", required=True, help=DATA_HELP)
+    p.add_argument("--split", default="PublicTest", type=_checked(parse_split), help="Training, PublicTest or PrivateTest (default: PublicTest)")
+    p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    p.add_argument("--tta-shift", type=int, default=None, help="classifiers: also average over the face moved this many pixels each way (0: none; default: the model's own setting)")
+    p.add_argument("--tta-rotate", type=float, default=None, help="classifiers: also average over the face turned this many degrees each way (0: none; default: the model's own)")
+    p.add_argument("--tta-zoom", type=float, default=None, help="classifiers: also average over the face zoomed by 1 ± this fraction (0: none; default: the model's own)")
 
-    export = commands.add_parser(
-        "export",
-        help="copy a trained model directory without its training state, optionally in fp16",
-        description="Write the loadable part of a model directory (an encoder, or a diffusion model's denoiser/, "
-        "encoder/ and scheduler/) and the run's record (metrics.csv, training_config.json) to OUT, "
-        "dropping the checkpoint and samples.",
-    )
-    export.add_argument("model", help="trained model directory (from train-encoder or train)")
-    export.add_argument("out", help="directory to write")
-    export.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
-    export.set_defaults(handler=_cmd_export)
+    p = command(
+        "export", _cmd_export, "copy a trained model directory without its training state, optionally in fp16",
+        "Write the loadable part of a model directory (an encoder, or a diffusion model's denoiser/, encoder/ and "
+        "scheduler/) and the run's record (metrics.csv, training_config.json) to OUT, dropping the checkpoint and samples.",
+    )  # fmt: skip
+    p.add_argument("model", help="trained model directory (from train-encoder or train)")
+    p.add_argument("out", help="directory to write")
+    p.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
 
-    def add_evaluation_options(parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--data", required=True, help="FER-2013: the Kaggle CSV (plain or .gz) or the image-folder release")
-        parser.add_argument("--split", default="PublicTest", type=_split, help="split to take inputs from (default: PublicTest)")
-        parser.add_argument("--per-class", type=int, default=20, help="inputs per source emotion, drawn with --seed (default: 20)")
-        parser.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
-        parser.add_argument("--out", required=True, help="output directory")
-        parser.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-        _add_device(parser)
+    p = command(
+        "evaluate", _cmd_evaluate, "measure edits: judge F1 per emotion, identity kept, realism, change and speed",
+        "Take --per-class inputs of every source emotion from --split, edit each to all 7 emotions and measure: the "
+        "judge's precision/recall/F1 per target (the paper's Table 1) and macro F1, beside the judge's F1 on the real "
+        "inputs; dlib face-descriptor distance to the input (identity kept: < 0.6), SSIM and PSNR; Fréchet distance in "
+        "judge features to real faces of the target emotion; mean pixel change; time per face. Writes OUT/report.md, "
+        "OUT/metrics.json, OUT/grid.png and OUT/confusion.png.", [model, evaluation, edit],
+    )  # fmt: skip
 
-    evaluate = commands.add_parser(
-        "evaluate",
-        help="measure edits: judge F1 per emotion, identity kept, realism, change and speed",
-        description="Take --per-class inputs of every source emotion from --split, edit each to all 7 emotions and "
-        "measure: the judge's precision/recall/F1 per target (the paper's Table 1) and macro F1, beside the judge's "
-        "F1 on the real inputs; dlib face-descriptor distance to the input (identity kept: < 0.6), SSIM and PSNR; "
-        "Fréchet distance in judge features to real faces of the target emotion; mean pixel change; time per face. "
-        "Writes OUT/report.md, OUT/metrics.json, OUT/grid.png and OUT/confusion.png.",
-    )
-    evaluate.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    add_evaluation_options(evaluate)
-    _add_edit_options(evaluate)
-    evaluate.set_defaults(handler=_cmd_evaluate)
+    p = command(
+        "sweep", _cmd_sweep, "evaluate a grid of edit settings and choose the best one",
+        "Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and --keep-detail "
+        "(paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json "
+        "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen "
+        "setting is the best macro F1 among those keeping >= 90%% of edits under the 0.6 identity distance, else the best "
+        "F1 x identity kept.", [evaluation],
+    )  # fmt: skip
+    p.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
+    p.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
+    p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
+    p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
+    p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
+    p.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")
+    p.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
+    _scheduler(p)
 
-    sweep = commands.add_parser(
-        "sweep",
-        help="evaluate a grid of edit settings and choose the best one",
-        description="Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and "
-        "--keep-detail (paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json and OUT/sweep.png "
-        "(macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen setting is the best macro F1 "
-        "among those keeping >= 90%% of edits under the 0.6 identity distance, else the best F1 x identity kept.",
-    )
-    sweep.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
-    sweep.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
-    sweep.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
-    sweep.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
-    sweep.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
-    sweep.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")
-    sweep.add_argument("--scheduler", default="ddim", choices=tuple(SCHEDULERS), help="sampler (default: ddim)")
-    sweep.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")
-    add_evaluation_options(sweep)
-    sweep.set_defaults(handler=_cmd_sweep)
+    p = command(
+        "reproduce-table1", _cmd_reproduce_table1, "train the label, cnn and vae variants at one budget and reproduce the paper's Table 1",
+        "Train the three variants of the paper with the same recipe and the same budget in training images seen (or take "
+        "trained ones with --models), then evaluate each on --split twice: in the paper's protocol (from pure noise, "
+        "target label + the input's semantic code, no guidance) and with the edit options below (default: emodiff's "
+        "defaults). Writes OUT/table1.md (the paper's rows beside ours, with identity kept, realism and pixel change, and "
+        "the runs' images, minutes and hardware), OUT/table1.json, OUT/runs/<variant>/ and "
+        "OUT/evaluations/<protocol>-<variant>/. With --resume, a variant already trained to the budget is not trained "
+        "again and an unfinished one continues from its checkpoint.", [evaluation, edit, unet],
+    )  # fmt: skip
+    p.add_argument("--images", type=int, default=600_000, help="training budget per variant in images seen (default: 600000)")
+    p.add_argument("--models", nargs="+", metavar="VARIANT=DIR", help="use these trained model directories instead of training, e.g. label=runs/label")
+    p.add_argument("--resume", action="store_true", help="continue a reproduction in --out")
+    p.add_argument("--paper-steps", type=int, default=50, help="DDIM steps of the paper-protocol rows (default: 50)")
 
-    table1 = commands.add_parser(
-        "reproduce-table1",
-        help="train the label, cnn and vae variants at one budget and reproduce the paper's Table 1",
-        description="Train the three variants of the paper with the same recipe and the same budget in training "
-        "images seen (or take trained ones with --models), then evaluate each on --split twice: in the paper's protocol "
-        "(from pure noise, target label + the input's semantic code, no guidance) and with the edit options below "
-        "(default: emodiff's defaults). Writes OUT/table1.md (the paper's rows beside ours, with identity kept, "
-        "realism and pixel change, and the runs' images, minutes and hardware), OUT/table1.json, OUT/runs/<variant>/ "
-        "and OUT/evaluations/<protocol>-<variant>/. With --resume, a variant already trained to the budget is not "
-        "trained again and an unfinished one continues from its checkpoint.",
-    )
-    table1.add_argument("--images", type=int, default=600_000, help="training budget per variant in images seen (default: 600000)")
-    table1.add_argument("--models", nargs="+", metavar="VARIANT=DIR", help="use these trained model directories instead of training, e.g. label=runs/label")
-    table1.add_argument("--resume", action="store_true", help="continue a reproduction in --out")
-    table1.add_argument("--batch-size", type=int, default=64, help="training images per step (default: 64)")
-    table1.add_argument("--channels", type=_int_list, default=(32, 64, 128), help="UNet widths per level (default: 32,64,128)")
-    table1.add_argument("--layers-per-block", type=int, default=2, help="ResNet layers per UNet level (default: 2)")
-    table1.add_argument("--paper-steps", type=int, default=50, help="DDIM steps of the paper-protocol rows (default: 50)")
-    add_evaluation_options(table1)
-    _add_edit_options(table1)
-    table1.set_defaults(handler=_cmd_reproduce_table1)
+    p = command(
+        "demo", _cmd_demo, "edit the bundled sample faces and photo to all 7 emotions, into one grid PNG",
+        "Edit the bundled FER-2013 PublicTest faces and the bundled photo (NASA portrait of Eileen Collins, public "
+        "domain, from scikit-image's data) to every emotion with the shipped model and write one labelled grid.",
+        [model, edit, device],
+    )  # fmt: skip
+    p.add_argument("--out", default="emodiff-demo.png", help="grid PNG to write (default: emodiff-demo.png)")
 
-    demo = commands.add_parser(
-        "demo",
-        help="edit the bundled sample faces and photo to all 7 emotions, into one grid PNG",
-        description="Edit the bundled FER-2013 PublicTest faces and the bundled photo (NASA portrait of Eileen "
-        "Collins, public domain, from scikit-image's data) to every emotion with the shipped model and write one "
-        "labelled grid.",
-    )
-    demo.add_argument("--out", default="emodiff-demo.png", help="grid PNG to write (default: emodiff-demo.png)")
-    demo.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    _add_edit_options(demo)
-    _add_device(demo)
-    demo.set_defaults(handler=_lazy("demo:run_demo"))
+    p = command(
+        "serve", _cmd_serve, "run the web app (gradio): upload a photo, choose emotions, download the edits",
+        "Serve a gradio web app on --host:--port: upload a photo or face crop (or pick a bundled sample), choose emotions "
+        "and a strength, see the edit, a before/after view and the strip of all 7 emotions, and download. Uploads over "
+        "20 MB or that are not images are refused with a message. Needs 'pip install gradio'.", [model, device],
+    )  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
 
-    serve = commands.add_parser(
-        "serve",
-        help="run the web app (gradio): upload a photo, choose emotions, download the edits",
-        description="Serve a gradio web app on --host:--port: upload a photo or face crop (or pick a bundled sample), "
-        "choose emotions and a strength, see the edit and the strip of all 7 emotions, and download. Uploads over "
-        "20 MB or that are not images are refused with a message. Needs 'pip install gradio'.",
-    )
-    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1; 0.0.0.0 for all)")
-    serve.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
-    serve.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    _add_device(serve)
-    serve.set_defaults(handler=_lazy("app:serve"))
-
-    predict = commands.add_parser(
-        "predict",
-        help="predict the emotion of face images with the CNN encoder",
-        description="Print the emotion the CNN encoder sees in each face (48x48 grayscale crops or any image, "
-        "which is converted to grayscale and resized). With no IMAGE, runs on the bundled sample faces.",
-    )
-    predict.add_argument("images", nargs="*", help="image files (default: the bundled sample faces)")
-    predict.add_argument("--model", default=None, help="classifier model directory (default: the shipped CNN encoder)")
-    _add_device(predict)
-    predict.set_defaults(handler=_cmd_predict)
+    p = command(
+        "predict", _cmd_predict, "predict the emotion of face crops and faces in photos with the CNN encoder",
+        "Print the emotion the CNN encoder sees in each face: a crop (up to 64x64) whole, or the faces in a photo, found "
+        "and framed as 'emodiff edit' frames them. With no IMAGE, runs on the bundled sample faces.", [device],
+    )  # fmt: skip
+    p.add_argument("images", nargs="*", help="image files (default: the bundled sample faces)")
+    p.add_argument("--model", default=None, help="classifier model directory (default: the shipped CNN encoder)")
+    p.add_argument("--face", default="largest", help="in photos: largest, all, or an index counted left to right from 0 (default: largest)")
     return parser
 
 
@@ -476,8 +513,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.handler(args)
-    except (FERDataError, FileNotFoundError, FileExistsError, ValueError, ImportError) as error:
+    except (FileNotFoundError, FileExistsError, PermissionError) as error:
         print(f"emodiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except (ValueError, ImportError) as error:  # FERDataError, PhotoError, ModelLoadError are ValueErrors
+        print(f"emodiff {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"emodiff {args.command}: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         hint = " (checkpoint saved: continue with --resume)" if args.command.startswith("train") else ""

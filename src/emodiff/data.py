@@ -13,6 +13,7 @@ import io
 import math
 import os
 import sys
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,8 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-EMOTIONS = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-SPLITS = ("Training", "PublicTest", "PrivateTest")
+from .labels import EMOTIONS, SPLITS, FERDataError, parse_emotion, parse_split
+
 IMAGE_SIZE = 48
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 CACHE_VERSION = 1
@@ -33,39 +34,6 @@ WHERE_TO_GET = (
     "a CSV with header 'emotion,pixels,Usage' (plain or .gz), or a folder with "
     "train/<emotion>/*.jpg and test/<emotion>/*.jpg."
 )
-
-
-class FERDataError(ValueError):
-    """A data file or value that cannot be used; the message says where and what is expected."""
-
-
-def parse_emotion(value: int | str) -> int:
-    """An emotion as a label index: accepts 0..6, '0'..'6' or a name in any case."""
-    text = str(value).strip().lower()
-    if text in EMOTIONS:
-        return EMOTIONS.index(text)
-    if text.isdigit() and int(text) < len(EMOTIONS):
-        return int(text)
-    raise FERDataError(
-        f"unknown emotion {value!r}: expected one of {', '.join(EMOTIONS)} (or 0..{len(EMOTIONS) - 1})"
-    )
-
-
-def parse_emotions(spec: str) -> list[int]:
-    """A comma-separated list of emotions, or 'all' for the seven in label order."""
-    if spec.strip().lower() == "all":
-        return list(range(len(EMOTIONS)))
-    labels = [parse_emotion(part) for part in spec.split(",") if part.strip()]
-    if not labels:
-        raise FERDataError(f"no emotion given in {spec!r}: expected names like 'happy,sad' or 'all'")
-    return labels
-
-
-def parse_split(name: str) -> str:
-    for split in SPLITS:
-        if split.lower() == str(name).strip().lower():
-            return split
-    raise FERDataError(f"unknown split {name!r}: expected one of {', '.join(SPLITS)}")
 
 
 @dataclass(frozen=True)
@@ -104,7 +72,15 @@ def load_fer2013(path: str | os.PathLike, *, skip_bad: bool = False, use_cache: 
     if cache is not None and cache.exists():
         with np.load(cache) as saved:
             return FaceSet(saved["images"], saved["labels"], saved["usage"], int(saved["skipped"]))
-    faces = _load_folder(path, skip_bad) if path.is_dir() else _load_csv(path, skip_bad)
+    if path.is_dir():
+        faces = _load_folder(path, skip_bad)
+    else:
+        try:
+            faces = _load_csv(path, skip_bad)
+        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+            raise FERDataError(f"{path}: the gzip data is truncated or corrupt ({error}); download the file again") from None
+        except (UnicodeDecodeError, csv.Error) as error:
+            raise FERDataError(f"{path}: not a FER-2013 CSV text file ({error}). {WHERE_TO_GET}") from None
     if cache is not None:
         _write_cache(cache, faces)
     return faces
@@ -125,7 +101,8 @@ def _report_bad(source: Path, bad: list[str], skip_bad: bool) -> None:
 def _open_text(path: Path) -> io.TextIOBase:
     with open(path, "rb") as probe:
         gzipped = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rt", newline="") if gzipped else open(path, newline="")
+    # utf-8-sig: a header saved by Excel as "CSV UTF-8" starts with a byte-order mark
+    return gzip.open(path, "rt", newline="", encoding="utf-8-sig") if gzipped else open(path, newline="", encoding="utf-8-sig")
 
 
 def _load_csv(path: Path, skip_bad: bool) -> FaceSet:

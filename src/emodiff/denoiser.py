@@ -15,7 +15,8 @@ from diffusers import ConfigMixin, ModelMixin, UNet2DModel
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .data import EMOTIONS, IMAGE_SIZE
+from .data import IMAGE_SIZE
+from .labels import EMOTIONS
 
 NULL_LABEL = len(EMOTIONS)
 CONDITIONS = ("label", "cnn", "vae")

@@ -1,170 +1,194 @@
-"""Editing image files: face crops or whole photos in, edited images out, written atomically.
+"""Editing image files: face crops or whole photos in, edited images out.
 
-An input no larger than 64x64 is taken as a face crop and edited whole (output: 8-bit grayscale
-at its size). A larger input is a photo: its faces are detected and aligned (``faces.py``),
-edited as 48x48 crops, and the change is put back into the photo's luminance (output: the photo
-at its size, colours kept, in its own format). The faces of many inputs are edited in one batch.
+Every output name is planned, and checked against the inputs and the files already in ``--out``,
+before the model loads: a run never writes over an input or over another output of the same
+run, and replaces an existing file only with ``overwrite``. Inputs that cannot be edited are
+named with the reason and the rest of the batch is still written.
 """
 
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from . import faces as face_ops
-from .data import EMOTIONS, IMAGE_SIZE, IMAGE_SUFFIXES, parse_emotion, parse_emotions
-from .files import save_image
+from . import photos
+from .data import IMAGE_SUFFIXES
+from .files import image_format, save_image
 from .grid import labelled_grid
-from .pipeline import EditSettings, EmotionEditPipeline, sampling_scheduler
+from .labels import EMOTIONS
+from .settings import EditSettings
+
 
 @dataclass
-class Prepared:
-    """One input ready to edit: its crops, and how to put edits back."""
-
-    image: Image.Image
-    crops: np.ndarray  # uint8 (n, 48, 48)
-    faces: list | None = None  # None: the input is itself a face crop
-
-    def render(self, edits: np.ndarray) -> list[Image.Image]:
-        """Edited crops (n, T, 48, 48) -> one output image per target."""
-        results = []
-        for target in range(edits.shape[1]):
-            if self.faces is None:
-                results.append(Image.fromarray(edits[0, target]).resize(self.image.size, Image.BICUBIC))
-                continue
-            photo = self.image
-            for face, crop, edit in zip(self.faces, self.crops, edits[:, target]):
-                photo = face_ops.paste(photo, face, crop, edit)
-            results.append(photo)
-        return results
+class EditJob:
+    inputs: list[str]  # files, or folders of images
+    targets: list[int]
+    out: str
+    settings: EditSettings = field(default_factory=EditSettings)
+    source: int | None = None  # the inputs' true emotion (default: predicted)
+    face: str = "largest"
+    detect: bool = True
+    crop: bool = False  # also write each 48x48 face crop and its edits
+    grid: bool = False
+    batch_size: int = 16
+    overwrite: bool = False
+    seed: int = 0
 
 
-class Preparer:
-    """Turns images into crops: small ones as they are, photos through face detection."""
-
-    def __init__(self, face: str = "largest", detect: bool = True):
-        self.face, self.detect = face_ops.parse_face_choice(face), detect
-        self._finder = None
-
-    def __call__(self, image: Image.Image) -> Prepared:
-        if not self.detect or face_ops.is_face_crop(image):
-            gray = image.convert("L").resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC)
-            return Prepared(image.convert("L"), np.asarray(gray)[None])
-        if self._finder is None:
-            self._finder = face_ops.FaceFinder()
-        found = self._finder.find(image)
-        if not found:
-            raise face_ops.NoFaceError("no face found (use --no-detect if the image is already a face crop)")
-        chosen = face_ops.select(found, self.face)
-        return Prepared(image, np.stack([face_ops.crop(image, face) for face in chosen]), chosen)
+@dataclass
+class Planned:
+    path: Path
+    stem: str
+    suffix: str  # of the edited images
+    is_crop: bool
 
 
-def edit_prepared(pipeline, prepared: list[Prepared], targets, settings, source=None, seed=0):
-    """Edit the crops of several inputs in one batch.
-
-    Returns the output images (per input, per target), the edited crops (all faces, T, 48, 48)
-    and the offsets of each input's faces in them.
-    """
-    crops = np.concatenate([p.crops for p in prepared])
-    sources = None if source is None else [source] * len(crops)
-    edits = pipeline.edit_faces(crops, targets, settings, source_labels=sources, seed=seed)
-    bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
-    return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
-
-
-def load_pipeline(model: str | None, scheduler: str, device: str) -> EmotionEditPipeline:
-    pipeline = EmotionEditPipeline.from_pretrained(model, device=device)
-    pipeline.scheduler = sampling_scheduler(scheduler, pipeline.scheduler)
-    return pipeline
+def check_out_dir(out: Path) -> None:
+    """``out`` is, or can be made, a writable folder: said before any model loads or file is read."""
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out}: is a file, expected a folder for the edited images")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as error:
+        raise PermissionError(f"--out {out}: cannot write there ({error.strerror or error})") from None
 
 
-def expand_inputs(arguments: list[str]) -> list[Path]:
-    """Files as given; folders as the image files directly inside them, sorted."""
-    paths = []
+def expand_inputs(arguments: list[str]) -> tuple[list[Path], list[str]]:
+    """Files as given; folders as the image files directly inside them, sorted. Also the problems:
+    a folder without images is reported as an input that could not be edited."""
+    paths, problems = [], []
     for argument in map(Path, arguments):
         if argument.is_dir():
-            paths += sorted(p for p in argument.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            inside = sorted(p for p in argument.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not inside:
+                problems.append(f"{argument}: folder holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            paths += inside
         else:
             paths.append(argument)
-    return paths
+    return paths, problems
 
 
 def unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, made unique (face, face-2, ...) so two inputs never write the same output."""
-    seen: dict[str, int] = {}
-    stems = []
+    """File stems, made unique (face, face-2, ...) so two inputs never write the same output; a made-up
+    stem never takes the name of another input's own stem."""
+    taken, stems = {p.stem for p in paths}, []
+    used: set[str] = set()
     for path in paths:
-        seen[path.stem] = seen.get(path.stem, 0) + 1
-        stems.append(path.stem if seen[path.stem] == 1 else f"{path.stem}-{seen[path.stem]}")
+        stem, n = path.stem, 1
+        while stem in used or (stem != path.stem and stem in taken):
+            n += 1
+            stem = f"{path.stem}-{n}"
+        used.add(stem)
+        stems.append(stem)
     return stems
 
 
-def output_suffix(path: Path, prepared: Prepared) -> str:
-    """Face crops become PNG; photos keep their format (JPEG, PNG, WebP)."""
-    suffix = path.suffix.lower()
-    return suffix if prepared.faces is not None and suffix in {".jpg", ".jpeg", ".png", ".webp"} else ".png"
+def output_names(plan: Planned, names: list[str], job: EditJob, faces: int | None = None) -> list[str]:
+    """The files one input writes: an edit per target, and with --crop / --grid their extras.
+    ``faces``: how many faces were edited in a photo (unknown before detection: then index 0 stands in)."""
+    files = [f"{plan.stem}_{name}{plan.suffix}" for name in names]
+    if job.crop and not plan.is_crop:
+        for index in range(faces or 1):
+            files += [f"{plan.stem}_face{index}.png"] + [f"{plan.stem}_face{index}_{name}.png" for name in names]
+    if job.grid:
+        files.append(f"{plan.stem}_grid.png")
+    return files
 
 
-def run_edit(args) -> int:
-    """``emodiff edit``: every option is checked before any model is loaded or file written."""
-    targets = parse_emotions(args.to)
-    source = parse_emotion(args.source) if args.source is not None else None
-    settings = EditSettings.from_options(args)
-    if args.batch_size <= 0:
-        raise ValueError(f"--batch-size must be positive, got {args.batch_size}")
-    prepare = Preparer(args.face, detect=not args.no_detect)
-    pipeline = load_pipeline(args.model, args.scheduler, args.device)
+def plan_outputs(paths: list[Path], job: EditJob, names: list[str]) -> tuple[list[Planned], list[str]]:
+    """Each readable input's output stem and suffix; unreadable ones come back as problems."""
+    plans, problems = [], []
+    for path, stem in zip(paths, unique_stems(paths)):
+        try:
+            size = photos.probe(path)
+        except (OSError, ValueError) as error:
+            problems.append(_problem(path, error))
+            continue
+        is_crop = not job.detect or (size[0] <= photos.CROP_LIMIT and size[1] <= photos.CROP_LIMIT)
+        suffix = ".png" if is_crop or path.suffix.lower() not in photos.PHOTO_SUFFIXES else path.suffix.lower()
+        plans.append(Planned(path, stem, suffix, is_crop))
+    out = Path(job.out)
+    inputs = {p.resolve() for p in paths}
+    clashes = [out / name for plan in plans for name in output_names(plan, names, job) if (out / name).resolve() in inputs]
+    if clashes:
+        raise FileExistsError(f"{clashes[0]} is an input of this run: choose another --out so no input is written over")
+    existing = [out / name for plan in plans for name in output_names(plan, names, job) if (out / name).exists()]
+    if existing and not job.overwrite:
+        more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
+        raise FileExistsError(f"{existing[0]}{more} already exist: pass --overwrite to replace them, or choose another --out")
+    return plans, problems
 
-    paths = expand_inputs(args.images)
-    stems = dict(zip(paths, unique_stems(paths)))
-    out, names, failed, written = Path(args.out), [EMOTIONS[t] for t in targets], 0, 0
-    with tqdm(total=len(paths), desc="editing", unit="image", disable=len(paths) < 2) as bar:
-        for start in range(0, len(paths), args.batch_size):
-            ready: list[tuple[Path, Prepared]] = []
-            for path in paths[start : start + args.batch_size]:
+
+def _problem(path: Path, error: Exception) -> str:
+    if isinstance(error, FileNotFoundError):
+        return f"{path}: no such file"
+    if isinstance(error, OSError):
+        return f"{path}: cannot read image ({error})"
+    return f"{path}: {error}"
+
+
+def edit_files(job: EditJob, load_pipeline) -> int:
+    """``emodiff edit``: plan and check every output, then load the model (``load_pipeline()``) and
+    edit in batches. Returns the exit code: 1 if any input could not be edited."""
+    if job.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {job.batch_size}")
+    prepare = photos.Preparer(job.face, detect=job.detect)
+    out, names = Path(job.out), [EMOTIONS[t] for t in job.targets]
+    check_out_dir(out)
+    paths, problems = expand_inputs(job.inputs)
+    plans, unreadable = plan_outputs(paths, job, names)
+    problems += unreadable
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    pipeline = load_pipeline() if plans else None
+    failed, written = len(problems), 0
+    with tqdm(total=len(plans), desc="editing", unit="image", disable=len(plans) < 2) as bar:
+        for start in range(0, len(plans), job.batch_size):
+            ready = []
+            for plan in plans[start : start + job.batch_size]:
                 try:
-                    ready.append((path, prepare(face_ops.load_photo(path))))
-                except (OSError, ValueError) as error:  # unreadable file, no face, bad --face index
-                    bar.write(f"{path}: {error}" if isinstance(error, ValueError) else f"{path}: cannot read image ({error})", file=sys.stderr)
+                    ready.append((plan, prepare(photos.load_photo(plan.path))))
+                except (OSError, ValueError) as error:  # unreadable after all, no face, bad --face index
+                    bar.write(_problem(plan.path, error), file=sys.stderr)
                     failed += 1
             if ready:
-                outputs, edits, bounds = edit_prepared(pipeline, [p for _, p in ready], targets, settings, source, args.seed)
-                for (path, prepared), results, first, last in zip(ready, outputs, bounds[:-1], bounds[1:]):
-                    written += write_outputs(out, stems[path], output_suffix(path, prepared), names, prepared, results, edits[first:last], args)
-            bar.update(len(paths[start : start + args.batch_size]))
-    print(f"wrote {written} edited image(s) of {len(paths) - failed} input(s) to {out}")
+                sources = None if job.source is None else [job.source] * sum(len(p.crops) for _, p in ready)
+                outputs, edits, bounds = pipeline.edit_prepared([p for _, p in ready], job.targets, job.settings, sources, job.seed)
+                for (plan, prepared), results, first, last in zip(ready, outputs, bounds[:-1], bounds[1:]):
+                    written += write_outputs(out, plan, names, prepared, results, edits[first:last], job)
+            bar.update(len(plans[start : start + job.batch_size]))
+    print(f"wrote {written} edited image(s) of {len(plans) + len(problems) - failed} input(s) to {out}")
     if failed:
         print(f"{failed} input(s) could not be edited", file=sys.stderr)
-    return 1 if failed or not paths else 0
+    return 1 if failed or not (plans or problems) else 0
 
 
-def write_outputs(out: Path, stem: str, suffix: str, names, prepared: Prepared, results, edits, args) -> int:
-    for name, result in zip(names, results):
-        save_image(result, out / f"{stem}_{name}{suffix}")
-    if args.crop and prepared.faces is not None:
-        for index, (crop, row) in enumerate(zip(prepared.crops, edits)):
-            save_image(Image.fromarray(crop), out / f"{stem}_face{index}.png")
-            for name, edit in zip(names, row):
-                save_image(Image.fromarray(edit), out / f"{stem}_face{index}_{name}.png")
-    if args.grid:
+def write_outputs(out: Path, plan: Planned, names, prepared: photos.Prepared, results, edits, job: EditJob) -> int:
+    files = iter(output_names(plan, names, job, faces=len(prepared.crops)))
+    for result in results:
+        path = out / next(files)
+        save_image(result, path, photos.save_options(result, image_format(path)))
+    if job.crop and prepared.faces is not None:
+        for crop, row in zip(prepared.crops, edits):
+            save_image(Image.fromarray(crop), out / next(files))
+            for edit in row:
+                save_image(Image.fromarray(edit), out / next(files))
+    if job.grid:
         cells = np.concatenate([prepared.crops[:, None], edits], axis=1)
         labels = [f"face {i}" for i in range(len(cells))] if prepared.faces is not None else []
-        save_image(labelled_grid(cells, labels, ["input", *names]), out / f"{stem}_grid.png")
+        save_image(labelled_grid(cells, labels, ["input", *names]), out / next(files))
     return len(results)
 
 
-def run_sample(args) -> int:
-    label = parse_emotion(args.emotion)
-    if args.n <= 0 or args.steps <= 0:
-        raise ValueError("-n and --steps must be positive")
-    pipeline = load_pipeline(args.model, args.scheduler, args.device)
-    faces = pipeline.sample(label, args.n, steps=args.steps, guidance=args.guidance, seed=args.seed)
+def write_samples(faces: list[Image.Image], emotion: int, out: Path) -> None:
     for i, face in enumerate(faces):
-        save_image(face, Path(args.out) / f"{EMOTIONS[label]}_{i:03d}.png")
-    print(f"wrote {len(faces)} {EMOTIONS[label]} face(s) to {args.out}")
-    return 0
+        save_image(face, out / f"{EMOTIONS[emotion]}_{i:03d}.png")
+

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -17,38 +18,33 @@ from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 from torch import nn
 
-from .data import EMOTIONS, IMAGE_SIZE, affine_warp
+from .data import IMAGE_SIZE, affine_warp
+from .labels import EMOTIONS
 
 
 def _conv_bn_relu(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-class EmotionClassifier(ModelMixin, ConfigMixin):
-    """Shared classifier behaviour: cross-entropy training and accuracy, flip-averaged prediction."""
+@dataclass(frozen=True)
+class PredictionViews:
+    """Which extra views a classifier averages over: the face moved ``shift`` pixels each way, turned
+    ±``rotate_deg``, zoomed by 1 ± ``zoom`` (0: none); always with the mirror of each view."""
 
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    shift: int = 0
+    rotate_deg: float = 0.0
+    zoom: float = 0.0
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.logits(images)
+    @classmethod
+    def of(cls, model) -> PredictionViews:
+        """The views a model's config asks for (the judge's defaults; none for the CNN)."""
+        config = model.config
+        return cls(config.get("tta_shift", 0), config.get("tta_rotate_deg", 0.0), config.get("tta_zoom", 0.0))
 
-    @torch.no_grad()
-    def predict_proba(self, images: torch.Tensor) -> torch.Tensor:
-        """Class probabilities averaged over the image and its mirror (faces are near-symmetric) and
-        over the test-time views the config asks for (``tta_views``)."""
-        views = self.tta_views(images)
-        probs = self.logits(torch.cat(views)).float().softmax(-1)
-        return probs.view(len(views), len(images), -1).mean(0)
-
-    def tta_views(self, images: torch.Tensor) -> list[torch.Tensor]:
-        """The image; moved ``tta_shift`` pixels each way, turned ±``tta_rotate_deg``, zoomed by
-        1 ± ``tta_zoom`` where the config sets them; and the mirror of each."""
-        config = self.config
-        shift, rotate, zoom = config.get("tta_shift", 0), config.get("tta_rotate_deg", 0.0), config.get("tta_zoom", 0.0)
-        moves = [(0.0, 1.0, dx, dy) for dx, dy in ((shift, 0), (-shift, 0), (0, shift), (0, -shift))] if shift else []
-        moves += [(sign * rotate, 1.0, 0, 0) for sign in (1, -1)] if rotate else []
-        moves += [(0.0, 1.0 + sign * zoom, 0, 0) for sign in (1, -1)] if zoom else []
+    def apply(self, images: torch.Tensor) -> list[torch.Tensor]:
+        moves = [(0.0, 1.0, dx, dy) for dx, dy in ((self.shift, 0), (-self.shift, 0), (0, self.shift), (0, -self.shift))] if self.shift else []
+        moves += [(sign * self.rotate_deg, 1.0, 0, 0) for sign in (1, -1)] if self.rotate_deg else []
+        moves += [(0.0, 1.0 + sign * self.zoom, 0, 0) for sign in (1, -1)] if self.zoom else []
         views = [images]
         for degrees, scale, dx, dy in moves:
             per_image = torch.ones(len(images), device=images.device)
@@ -58,14 +54,32 @@ class EmotionClassifier(ModelMixin, ConfigMixin):
             )
         return views + [view.flip(-1) for view in views]
 
+
+class EmotionClassifier(ModelMixin, ConfigMixin):
+    """Shared classifier behaviour: cross-entropy training and accuracy, view-averaged prediction."""
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.logits(images)
+
+    @torch.no_grad()
+    def predict_proba(self, images: torch.Tensor, views: PredictionViews | None = None) -> torch.Tensor:
+        """Class probabilities averaged over the image and its mirror (faces are near-symmetric) and
+        over the test-time ``views`` (default: the ones the model's config asks for)."""
+        views = (views or PredictionViews.of(self)).apply(images)
+        probs = self.logits(torch.cat(views)).float().softmax(-1)
+        return probs.view(len(views), len(images), -1).mean(0)
+
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         logits = self.logits(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean().item()}
 
     @torch.no_grad()
-    def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        probs = self.predict_proba(images)
+    def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor, views: PredictionViews | None = None) -> dict:
+        probs = self.predict_proba(images, views)
         return {
             "loss": F.nll_loss(probs.clamp_min(1e-8).log(), labels).item(),
             "accuracy": (probs.argmax(-1) == labels).float().mean().item(),
@@ -219,13 +233,11 @@ class FaceVAE(ModelMixin, ConfigMixin):
 
     @torch.no_grad()
     def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor) -> dict:
-        return {"psnr": psnr(self(images).clamp(-1, 1), images).mean().item()}
+        """Mean per-image PSNR of the reconstructions, in dB (images span [-1, 1])."""
+        from torchmetrics.functional.image import peak_signal_noise_ratio
 
-
-def psnr(predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB on the 0..255 scale, for images in [-1, 1]."""
-    mse = ((predicted.float() - target.float()) * 127.5).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(255.0**2 / mse.clamp_min(1e-10))
+        psnr = peak_signal_noise_ratio(self(images).clamp(-1, 1).float(), images.float(), data_range=2.0, reduction="none", dim=(1, 2, 3))
+        return {"psnr": psnr.mean().item()}
 
 
 ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge}
@@ -244,9 +256,15 @@ def load_encoder(directory: str | Path) -> ModelMixin:
     config_file = directory / "config.json"
     if not config_file.is_file():
         raise FileNotFoundError(f"{directory}: not a model directory (no config.json)")
-    class_name = json.loads(config_file.read_text()).get("_class_name")
+    try:
+        class_name = json.loads(config_file.read_text()).get("_class_name")
+    except (ValueError, AttributeError):
+        raise ValueError(f"{config_file}: not a model config (expected JSON with _class_name)") from None
     for cls in ENCODER_CLASSES.values():
         if cls.__name__ == class_name:
-            return cls.from_pretrained(directory, torch_dtype=torch.float32).eval()
+            try:
+                return cls.from_pretrained(directory, torch_dtype=torch.float32, use_safetensors=True).eval()
+            except (OSError, ValueError) as error:
+                raise ValueError(f"{directory}: cannot load this {class_name} ({str(error).splitlines()[0]})") from None
     names = ", ".join(cls.__name__ for cls in ENCODER_CLASSES.values())
     raise ValueError(f"{config_file}: _class_name {class_name!r} is not an encoder ({names})")

@@ -5,7 +5,8 @@
 - identity: dlib's ResNet face descriptor distance between each edit and its input (same person
   below 0.6), plus SSIM and PSNR to the input;
 - realism: Fréchet distance between judge features of the edits and of real faces of the target
-  emotion (Inception weights cannot be downloaded here, so the features are the judge's);
+  emotion, in the judge's features rather than Inception's: features trained on FER faces see
+  expression, where an ImageNet network would see 48x48 grey faces as nothing it knows;
 - change: mean absolute pixel change, so a do-nothing edit cannot look good.
 """
 
@@ -21,18 +22,19 @@ import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
-from .data import EMOTIONS, FaceSet, to_tensor
+from .data import FaceSet, to_tensor
+from .devices import CPU_CHUNK, autocast, batch_piece, bf16_supported
 from .encoders import EmotionJudge
 from .files import atomic_write, save_image
 from .identity import IDENTITY_THRESHOLD, IdentityModel
-from .pipeline import CPU_CHUNK, bf16_supported
+from .labels import EMOTIONS
 
 Editor = Callable[[np.ndarray, list[int]], np.ndarray]  # uint8 (B, 48, 48), targets -> uint8 (B, T, 48, 48)
 
 
 def _judge_autocast(device: torch.device):
-    """bf16 where the hardware has it: how test-encoder scores the judge, and far faster here."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16_supported(device))
+    """bf16 where the hardware has it: how test-encoder scores the judge, and far faster on such CPUs."""
+    return autocast(device, bf16_supported(device))
 
 
 # ----------------------------------------------------------------------------- realism
@@ -85,7 +87,7 @@ def judge_labels(judge: EmotionJudge, faces: np.ndarray) -> np.ndarray:
     """The judge's verdicts on uint8 faces, in pieces of CPU_CHUNK under bf16 autocast where the
     hardware has it: several times faster here than fp32 in large pieces, and how test-encoder scores."""
     device = next(judge.parameters()).device
-    size = CPU_CHUNK if device.type == "cpu" else 512
+    size = batch_piece(device, 512)
     with _judge_autocast(device):
         return np.concatenate(
             [judge.predict_proba(to_tensor(faces[i : i + size]).to(device)).argmax(-1).cpu().numpy() for i in range(0, len(faces), size)]
@@ -228,9 +230,9 @@ def markdown_report(metrics: dict, title: str, command: str | None = None) -> st
         f"SSIM to the input {identity['ssim']:.3f}, PSNR {identity['psnr']:.2f} dB. Identity: dlib ResNet face "
         "descriptor distance between edit and input (150x150 upsample, whole image as the face box, "
         "5-point landmarks; same person below 0.6). Realism: Fréchet distance between judge features of "
-        "the edits and of the split's real faces of the target emotion — a Fréchet distance in FER "
-        "features, since Inception weights cannot be downloaded here; lower is better, compare only "
-        "within this report's judge.",
+        "the edits and of the split's real faces of the target emotion — in FER features, which see "
+        "expression, rather than ImageNet Inception features; lower is better, compare only within "
+        "this report's judge.",
     ]
     return "\n".join(lines) + "\n"
 

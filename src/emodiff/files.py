@@ -30,10 +30,18 @@ def atomic_write(path: Path, write) -> None:
         raise
 
 
-def save_image(image: Image.Image, path: Path) -> None:
-    """Format from the suffix (PNG when unknown); JPEG and WebP at quality 95."""
-    fmt = Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
-    options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+def image_format(path: Path) -> str:
+    """Pillow's format name for a file suffix (PNG when unknown)."""
+    return Image.registered_extensions().get(Path(path).suffix.lower(), "PNG")
+
+
+def save_image(image: Image.Image, path: Path, options: dict | None = None) -> None:
+    """Format from the suffix (PNG when unknown); ``options`` go to Pillow (e.g. ``photos.save_options``).
+    JPEG and WebP without quantisation tables of their own are written at quality 95."""
+    fmt = image_format(path)
+    options = dict(options or {})
+    if fmt in ("JPEG", "WEBP") and "qtables" not in options:
+        options.setdefault("quality", 95)
     atomic_write(path, lambda temp: image.save(temp, format=fmt, **options))
 
 

@@ -15,12 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import EMOTIONS
 from .denoiser import CONDITIONS
 from .evaluation import evaluate_editor, load_evaluation_inputs, write_report
 from .files import atomic_write
-from .pipeline import EditSettings
-from .training import CHECKPOINT, METRICS, TRAINING_CONFIG, DiffusionTrainConfig, train_diffusion
+from .labels import EMOTIONS
+from .runs import CHECKPOINT, METRICS, TRAINING_CONFIG
+from .settings import EditSettings
+from .training import DiffusionTrainConfig, train_diffusion
 
 PAPER_TABLE1 = {  # per-emotion F1, angry..neutral, as printed in the paper
     "label": (0.51, 0.45, 0.45, 0.88, 0.46, 0.94, 0.62),
@@ -190,7 +191,7 @@ def table1_markdown(rows: list[dict], real: dict, runs: dict[str, dict], protoco
 
 def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
     """Train (or resume, or take) the three variants, evaluate each both ways, write table1.md/.json."""
-    from .editing import load_pipeline
+    from .pipeline import EmotionEditPipeline
 
     _check(config)
     out = Path(config.out)
@@ -201,7 +202,7 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
     for protocol, settings in protocols.items():
         for variant, model in models.items():
             print(f"evaluating {variant}, {protocol} ({describe(settings)})", flush=True)
-            pipeline = load_pipeline(str(model), config.scheduler, config.device)
+            pipeline = EmotionEditPipeline.from_pretrained(model, scheduler=config.scheduler, device=config.device)
             editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=config.seed)  # noqa: E731
             evaluation = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split)
             slug = protocol.replace(" ", "-")

@@ -1,188 +1,32 @@
-"""Training loops, nanoGPT-style: one readable loop per model family over shared bookkeeping.
-
-Everything a run needs to continue lives in ``OUT/checkpoint.safetensors`` (weights, optimizer
-moments, schedule, step) plus ``OUT/metrics.csv``. Randomness is derived from (seed, step), never
-carried, so a resumed run draws exactly the batches and noise the uninterrupted run would have.
-"""
+"""Training loops, nanoGPT-style: one loop per model family, each reading top to bottom; the
+bookkeeping they share (folder, checkpoints, metrics, signals, batch order) is ``runs.Run``."""
 
 from __future__ import annotations
 
-import csv
-import importlib.util
-import json
-import os
-import platform
-import signal
-import threading
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from accelerate import Accelerator
-from diffusers.optimization import get_cosine_schedule_with_warmup
-from safetensors.torch import load_file, save_file
+from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import FaceSet, augment, load_fer2013, to_tensor
+from .data import FaceSet, augment, load_fer2013, to_tensor, to_uint8
+from .devices import batch_piece, describe_hardware
 from .encoders import ENCODER_CLASSES, FaceVAE, load_encoder
-from .files import atomic_write, save_image, save_model_dir
-from .pipeline import CPU_CHUNK, bf16_supported
-
-CHECKPOINT = "checkpoint.safetensors"
-METRICS = "metrics.csv"
-TRAINING_CONFIG = "training_config.json"
+from .files import save_image, save_model_dir
+from .labels import EMOTIONS
+from .runs import Run
 
 
-# ----------------------------------------------------------------------------- devices
-
-
-def make_accelerator(device: str = "auto", out: Path | None = None) -> Accelerator:
-    """An Accelerator on the asked device, bf16 autocast where the hardware has it (AMX, Ampere+)."""
-    if device not in ("auto", "cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}: expected auto, cpu or cuda")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
-    use_cpu = device == "cpu" or not torch.cuda.is_available()
-    target = torch.device("cpu" if use_cpu else "cuda")
-    tensorboard = out is not None and importlib.util.find_spec("tensorboard") is not None
-    return Accelerator(
-        cpu=use_cpu,
-        mixed_precision="bf16" if bf16_supported(target) else "no",
-        project_dir=str(out) if out else None,
-        log_with="tensorboard" if tensorboard else None,
-    )
-
-
-def describe_hardware(accelerator: Accelerator) -> str:
-    """Where a run ran, for the records kept next to its weights."""
-    if accelerator.device.type == "cuda":
-        where = torch.cuda.get_device_name(accelerator.device)
-    else:
-        where = f"{os.cpu_count()}-core CPU ({platform.machine()}), {torch.get_num_threads()} threads"
-    return f"{accelerator.num_processes} x {where}, mixed precision {accelerator.mixed_precision}, torch {torch.__version__}"
-
-
-def announce(accelerator: Accelerator, what: str, faces: int) -> None:
-    """One line saying what runs where, so a log shows the hardware and precision of every run."""
-    if accelerator.is_main_process:
-        processes = accelerator.num_processes
-        print(
-            f"{what}: {faces} training faces, {processes} process{'es' if processes > 1 else ''} "
-            f"({accelerator.distributed_type.value}) on {accelerator.device}, mixed precision {accelerator.mixed_precision}",
-            flush=True,
-        )
-
-
-def interrupt_on_sigterm():
-    """Turn SIGTERM (kill, cluster pre-emption) into KeyboardInterrupt so the loop checkpoints
-    before exiting; returns the function that puts the previous handler back."""
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    return lambda: signal.signal(signal.SIGTERM, previous)
-
-
-def step_seed(seed: int, step: int, rank: int = 0) -> int:
-    """The seed of one training step on one process: resumable without storing RNG state."""
-    return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63)
-
-
-def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
-    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch))
-
-
-# ----------------------------------------------------------------------------- checkpoints
-
-
-def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, scheduler, state: dict) -> None:
-    """Weights, optimizer tensors and JSON state in one safetensors file: nothing to unpickle."""
-    tensors = {
-        f"{name}.{key}": value.detach().cpu().contiguous()
-        for name, module in modules.items()
-        for key, value in module.state_dict().items()
-    }
-    optimizer_state = optimizer.state_dict()
-    for param_id, slots in optimizer_state["state"].items():
-        for slot, value in slots.items():
-            tensors[f"optimizer.{param_id}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
-    metadata = {
-        "state": json.dumps(state),
-        "param_groups": json.dumps(optimizer_state["param_groups"]),
-        "scheduler": json.dumps(scheduler.state_dict()),
-    }
-    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
-
-
-def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, scheduler) -> dict:
-    """Restore what ``save_checkpoint`` wrote into live objects; returns the JSON state."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata()
-    tensors = load_file(str(path))
-    for name, module in modules.items():
-        prefix = f"{name}."
-        module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
-    slots: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, param_id, slot = key.split(".", 2)
-            slots.setdefault(int(param_id), {})[slot] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": json.loads(metadata["param_groups"])})
-    scheduler.load_state_dict(json.loads(metadata["scheduler"]))
-    return json.loads(metadata["state"])
-
-
-class MetricsLog:
-    """Rows of metrics, rewritten atomically to CSV (and sent to TensorBoard when installed)."""
-
-    def __init__(self, path: Path, accelerator: Accelerator):
-        self.path, self.accelerator = path, accelerator
-        self.rows: list[dict] = []
-        if path.exists():
-            with open(path, newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
-
-    def drop_after(self, step: int) -> None:
-        """Forget rows a killed run logged after its last checkpoint; the resumed run redoes them."""
-        self.rows = [row for row in self.rows if int(float(row["step"])) <= step]
-
-    def log(self, row: dict) -> None:
-        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
-        if self.accelerator.is_main_process:
-            fields = list(dict.fromkeys(key for r in self.rows for key in r))
-
-            def write(temp: Path) -> None:
-                with open(temp, "w", newline="") as handle:
-                    writer = csv.DictWriter(handle, fields)
-                    writer.writeheader()
-                    writer.writerows(self.rows)
-
-            atomic_write(self.path, write)
-        self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=int(row["step"]))
-
-
-def prepare_out_dir(out: Path, resume: bool) -> bool:
-    """True when there is a checkpoint to resume; refuses to silently overwrite a previous run."""
-    has_checkpoint = (out / CHECKPOINT).exists()
-    if has_checkpoint and not resume:
-        raise FileExistsError(f"{out} already holds a training run: pass --resume to continue it, or another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    return has_checkpoint and resume
-
-
-def start_trackers(accelerator: Accelerator, name: str, config: dict) -> None:
-    """TensorBoard logs under OUT/<name> when tensorboard is installed; the CSV is always written."""
-    if accelerator.log_with:
-        flat = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) or v is None else v) for k, v in config.items()}
-        accelerator.init_trackers(name, config=flat)
+def training_faces(data: str, skip_bad: bool) -> tuple[FaceSet, FaceSet]:
+    """(Training, PublicTest) of a FER-2013 file; an error when there is nothing to train on."""
+    faces = load_fer2013(data, skip_bad=skip_bad)
+    train = faces.split("Training")
+    if len(train) == 0:
+        raise ValueError(f"{data}: no Training rows to train on")
+    return train, faces.split("PublicTest")
 
 
 # ----------------------------------------------------------------------------- encoders
@@ -235,27 +79,28 @@ class _Objective(nn.Module):
 
 
 @torch.no_grad()
-def evaluate_encoder(model: nn.Module, faces: FaceSet, accelerator: Accelerator) -> dict:
-    """Validation metrics averaged over ``faces`` (weighted by batch size)."""
-    batch_size = CPU_CHUNK if accelerator.device.type == "cpu" else 512  # big batches are slow on a CPU
+def evaluate_encoder(model: nn.Module, faces: FaceSet, device: torch.device, autocast, metrics=None) -> dict:
+    """Validation metrics averaged over ``faces`` (weighted by batch size); ``metrics(images, labels)``
+    defaults to the model's own ``validation_metrics``."""
+    metrics = metrics or model.validation_metrics
+    size = batch_piece(device, 512)
+    was_training = model.training
     model.eval()
     totals: dict[str, float] = {}
-    for start in range(0, len(faces), batch_size):
-        images = to_tensor(faces.images[start : start + batch_size]).to(accelerator.device)
-        labels = torch.from_numpy(faces.labels[start : start + batch_size]).to(accelerator.device)
-        with accelerator.autocast():
-            metrics = model.validation_metrics(images, labels)
-        for key, value in metrics.items():
+    for start in range(0, len(faces), size):
+        images = to_tensor(faces.images[start : start + size]).to(device)
+        labels = torch.from_numpy(faces.labels[start : start + size]).to(device)
+        with autocast():
+            measured = metrics(images, labels)
+        for key, value in measured.items():
             totals[key] = totals.get(key, 0.0) + value * len(labels)
-    model.train()
+    model.train(was_training)
     return {key: value / len(faces) for key, value in totals.items()}
 
 
 def write_reconstructions(vae: FaceVAE, faces: FaceSet, path: Path, count: int = 16) -> None:
     """Inputs (top row) over their VAE reconstructions (bottom row), as one PNG."""
     from PIL import Image
-
-    from .data import to_uint8
 
     images = to_tensor(faces.images[:count])
     was_training = vae.training
@@ -271,19 +116,13 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     if config.kind not in ENCODER_CLASSES:
         raise ValueError(f"unknown encoder kind {config.kind!r}: expected one of {', '.join(ENCODER_CLASSES)}")
     recipe = ENCODER_RECIPES[config.kind]
-    epochs = config.epochs or recipe.epochs
     start = load_encoder(config.init) if config.init and not config.resume else None
     if start is not None and type(start) is not ENCODER_CLASSES[config.kind]:
         expected = ENCODER_CLASSES[config.kind].__name__
         raise ValueError(f"--init {config.init}: a {type(start).__name__}, but {config.kind} is a {expected}")
-    out = Path(config.out)
-    resuming = prepare_out_dir(out, config.resume)
-    accelerator = make_accelerator(config.device, out)
-
-    faces = load_fer2013(config.data, skip_bad=config.skip_bad)
-    train, val = faces.split("Training"), faces.split("PublicTest")
-    if len(train) == 0:
-        raise ValueError(f"{config.data}: no Training rows to train on")
+    train, val = training_faces(config.data, config.skip_bad)
+    run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
+    accelerator = run.accelerator
     if len(val) == 0:
         val = train.take(np.arange(min(len(train), 512)))  # no PublicTest rows: validate on a training slice
 
@@ -291,43 +130,28 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     model = ENCODER_CLASSES[config.kind]()
     if start is not None:
         model.load_state_dict(start.state_dict())
-    announce(accelerator, f"train-encoder {config.kind}", len(train))
+    run.announce(f"train-encoder {config.kind}", len(train))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr or recipe.lr, weight_decay=recipe.weight_decay)
-    global_batch = min(config.batch_size, len(train))
-    steps_per_epoch = len(train) // global_batch
-    total_steps = epochs * steps_per_epoch
+    batch_size = min(config.batch_size, len(train))
+    steps_per_epoch = len(train) // batch_size
+    total_steps = (config.epochs or recipe.epochs) * steps_per_epoch
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(500, total_steps // 20), total_steps)
-    metrics = MetricsLog(out / METRICS, accelerator)
-    step, minutes_before = 0, 0.0
-    if resuming:
-        state = load_checkpoint(out / CHECKPOINT, {"model": model}, optimizer, scheduler)
-        step, minutes_before = state["step"], state.get("minutes", 0.0)
-        metrics.drop_after(step)
-    start_trackers(accelerator, f"train-encoder-{config.kind}", asdict(config))
+    step = run.restore({"model": model}, optimizer, scheduler)["step"] if run.resuming else 0
+    run.start_trackers(f"train-encoder-{config.kind}", asdict(config))
     objective, optimizer = accelerator.prepare(_Objective(model), optimizer)
 
-    def checkpoint() -> None:
-        if accelerator.is_main_process:
-            state = {"step": step, "minutes": minutes(), "config": asdict(config)}
-            save_checkpoint(out / CHECKPOINT, {"model": model}, optimizer, scheduler, state)
+    def save() -> None:
+        run.save({"model": model}, optimizer, scheduler, {"step": step, "config": asdict(config)})
 
     images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
-    rank, world = accelerator.process_index, accelerator.num_processes
-    last_checkpoint, started = time.monotonic(), time.monotonic()
-    minutes = lambda: minutes_before + (time.monotonic() - started) / 60  # noqa: E731
     stop = min(total_steps, config.stop_at_step or total_steps)
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.kind}", disable=not accelerator.is_main_process)
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.kind}", disable=not run.is_main)
     epoch_stats: dict[str, list[float]] = {}
     model.train()
-    restore_sigterm = interrupt_on_sigterm()
-    try:
+    with run.checkpoint_on_interrupt(save):
         while step < stop:
-            epoch, offset = divmod(step, steps_per_epoch)
-            index = epoch_order(len(train), config.seed, epoch)[offset * global_batch : (offset + 1) * global_batch]
-            index = index[rank::world]
-            generator = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
-            torch.manual_seed(step_seed(config.seed, step, rank))  # dropout, VAE sampling
-            batch = augment(images[index], generator, **recipe.augment).to(accelerator.device)
+            index = run.batch(step, len(train), batch_size)
+            batch = augment(images[index], run.generator(step), **recipe.augment).to(accelerator.device)
             with accelerator.autocast():
                 loss, stats = objective(batch, labels[index].to(accelerator.device))
             optimizer.zero_grad(set_to_none=True)
@@ -339,34 +163,27 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
             for key, value in {"loss": loss.item(), **stats}.items():
                 epoch_stats.setdefault(key, []).append(value)
             bar.update(1)
-            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=epoch + 1)
-            if step % steps_per_epoch == 0:
-                row = {"epoch": step // steps_per_epoch, "step": step, "images_seen": step * global_batch}
+            bar.set_postfix(loss=f"{loss.item():.4f}", epoch=step // steps_per_epoch + 1)
+            if step % steps_per_epoch == 0:  # end of an epoch: validate, keep the model, checkpoint
+                row = {"epoch": step // steps_per_epoch, "step": step, "images_seen": step * batch_size}
                 row.update({f"train_{k}": float(np.mean(v)) for k, v in epoch_stats.items()})
-                row.update({f"val_{k}": v for k, v in evaluate_encoder(model, val, accelerator).items()})
-                row["minutes"] = minutes()
-                metrics.log(row)
+                row.update({f"val_{k}": v for k, v in evaluate_encoder(model, val, accelerator.device, accelerator.autocast).items()})
+                row["minutes"] = run.minutes()
+                run.metrics.log(row)
                 epoch_stats = {}
                 bar.write(", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
-                if accelerator.is_main_process:
-                    save_model_dir(model, out)
+                if run.is_main:
+                    save_model_dir(model, run.out)
                     if isinstance(model, FaceVAE):
-                        write_reconstructions(model, val, out / "reconstructions.png")
-                checkpoint()
-                last_checkpoint = time.monotonic()
-            elif time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
-                checkpoint()
-                last_checkpoint = time.monotonic()
-    except KeyboardInterrupt:
-        checkpoint()
-        raise
-    finally:
-        restore_sigterm()
-        bar.close()
-    checkpoint()
+                        write_reconstructions(model, val, run.out / "reconstructions.png")
+                save()
+            elif run.checkpoint_due():
+                save()
+    bar.close()
+    save()
     accelerator.end_training()
-    last_epoch = metrics.rows[-1] if metrics.rows else {}
-    return {**last_epoch, "step": step, "total_steps": total_steps, "is_main": accelerator.is_main_process}
+    last_epoch = run.metrics.rows[-1] if run.metrics.rows else {}
+    return {**last_epoch, "step": step, "total_steps": total_steps, "is_main": run.is_main}
 
 
 # ----------------------------------------------------------------------------- diffusion
@@ -378,10 +195,12 @@ class DiffusionTrainConfig:
     data: str
     out: str
     encoder: str | None = None  # semantic encoder dir (default: the shipped one of kind `cond`)
+    init: str | None = None  # a trained model directory to continue from (its EMA weights; fresh optimizer)
     images: int | None = None  # budget in training images seen (default 600k when no minutes)
     minutes: float | None = None  # or a wall-clock budget, summed over resumes
     batch_size: int = 64
     lr: float = 3e-4
+    lr_schedule: str = "constant"  # constant after warm-up, or cosine: decays to zero at the --images budget
     warmup_images: int = 20_000
     weight_decay: float = 0.01
     ema_decay: float = 0.999
@@ -393,6 +212,7 @@ class DiffusionTrainConfig:
     seed: int = 0
     device: str = "auto"
     checkpoint_minutes: float = 5.0
+    sample_minutes: float = 30.0  # a sample grid at most this often (and at the end): it costs minutes on a CPU
     log_every: int = 50
     skip_bad: bool = False
     resume: bool = False
@@ -419,103 +239,114 @@ def load_semantic_encoder(cond: str, directory: str | None) -> nn.Module:
 
 
 def write_sample_grid(pipeline, path: Path, per_emotion: int = 6, seed: int = 0) -> None:
-    from .data import EMOTIONS
     from .grid import labelled_grid
 
     rows = [np.stack([np.asarray(im) for im in pipeline.sample(e, per_emotion, steps=25, seed=seed)]) for e in EMOTIONS]
-    grid = labelled_grid(np.stack(rows), row_labels=list(EMOTIONS))
-    save_image(grid, path)
+    save_image(labelled_grid(np.stack(rows), row_labels=list(EMOTIONS)), path)
+
+
+def _check_diffusion_config(config: DiffusionTrainConfig) -> int | None:
+    """The budget in images (None: minutes only), after refusing what cannot run."""
+    from .denoiser import CONDITIONS
+
+    if config.cond not in CONDITIONS:
+        raise ValueError(f"unknown --cond {config.cond!r}: expected one of {', '.join(CONDITIONS)}")
+    if config.lr_schedule not in ("constant", "cosine"):
+        raise ValueError(f"unknown --lr-schedule {config.lr_schedule!r}: expected constant or cosine")
+    budget_images = config.images if config.images or config.minutes else 600_000
+    if config.lr_schedule == "cosine" and not budget_images:
+        raise ValueError("--lr-schedule cosine decays to zero at the --images budget: give --images, not --minutes")
+    return budget_images
 
 
 def train_diffusion(config: DiffusionTrainConfig) -> dict:
     """Train the conditional DDPM (MSE on the noise) with EMA weights; the model dir is usable after every checkpoint."""
-    from diffusers.optimization import get_constant_schedule_with_warmup
     from diffusers.training_utils import EMAModel, compute_snr
 
-    from .denoiser import CONDITIONS, NULL_LABEL, EmotionDenoiser
+    from .denoiser import NULL_LABEL, EmotionDenoiser
     from .pipeline import EmotionEditPipeline, sampling_scheduler, training_scheduler
 
-    if config.cond not in CONDITIONS:
-        raise ValueError(f"unknown --cond {config.cond!r}: expected one of {', '.join(CONDITIONS)}")
-    budget_images = config.images if config.images or config.minutes else 600_000
-    out = Path(config.out)
-    resuming = prepare_out_dir(out, config.resume)
-    accelerator = make_accelerator(config.device, out)
-    device = accelerator.device
-
-    train = load_fer2013(config.data, skip_bad=config.skip_bad).split("Training")
-    if len(train) == 0:
-        raise ValueError(f"{config.data}: no Training rows to train on")
-    announce(accelerator, f"train {config.cond}", len(train))
+    budget_images = _check_diffusion_config(config)
+    start = EmotionEditPipeline.from_pretrained(config.init, device="cpu") if config.init else None
+    if start is not None and start.denoiser.config.cond != config.cond:
+        raise ValueError(f"--init {config.init}: a {start.denoiser.config.cond!r} model, but --cond is {config.cond!r}")
+    train, _ = training_faces(config.data, config.skip_bad)
+    run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
+    accelerator, device = run.accelerator, run.accelerator.device
+    run.announce(f"train {config.cond}", len(train))
     images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
-    encoder = None if config.cond == "label" else load_semantic_encoder(config.cond, config.encoder)
+    if start is not None:
+        encoder = start.encoder  # the semantic code the init model was trained with
+    else:
+        encoder = None if config.cond == "label" else load_semantic_encoder(config.cond, config.encoder)
     if encoder is not None:
         codes, codes_flipped = encode_all(encoder, images, device), encode_all(encoder, images.flip(-1), device)
 
     torch.manual_seed(config.seed)
-    denoiser = EmotionDenoiser(
-        cond=config.cond,
-        code_dim=0 if encoder is None else codes.shape[1],
-        block_out_channels=tuple(config.block_out_channels),
-        layers_per_block=config.layers_per_block,
-        attention_levels=tuple(config.attention_levels),
-    )
+    if start is not None:  # the architecture is the init model's
+        denoiser = EmotionDenoiser.from_config(start.denoiser.config)
+        denoiser.load_state_dict(start.denoiser.state_dict())
+    else:
+        denoiser = EmotionDenoiser(
+            cond=config.cond,
+            code_dim=0 if encoder is None else codes.shape[1],
+            block_out_channels=tuple(config.block_out_channels),
+            layers_per_block=config.layers_per_block,
+            attention_levels=tuple(config.attention_levels),
+        )
     ema_denoiser = EmotionDenoiser.from_config(denoiser.config)
     noise_scheduler = training_scheduler()
     optimizer = torch.optim.AdamW(denoiser.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    global_batch = min(config.batch_size, len(train))
-    scheduler = get_constant_schedule_with_warmup(optimizer, max(1, config.warmup_images // global_batch))
-    steps_per_epoch = len(train) // global_batch
-    total_steps = budget_images // global_batch if budget_images else None
-    metrics = MetricsLog(out / METRICS, accelerator)
-    state = {"step": 0, "minutes": 0.0, "ema_step": 0}
-    if resuming:
-        state = load_checkpoint(out / CHECKPOINT, {"model": denoiser, "ema": ema_denoiser}, optimizer, scheduler)
-        metrics.drop_after(state["step"])
+    batch_size = min(config.batch_size, len(train))
+    total_steps = budget_images // batch_size if budget_images else None
+    warmup_steps = max(1, config.warmup_images // batch_size)
+    if config.lr_schedule == "cosine":
+        scheduler = get_cosine_schedule_with_warmup(optimizer, warmup_steps, total_steps)
+    else:
+        scheduler = get_constant_schedule_with_warmup(optimizer, warmup_steps)
+    state = {"step": 0, "ema_step": 0}
+    if run.resuming:
+        state = run.restore({"model": denoiser, "ema": ema_denoiser}, optimizer, scheduler)
     else:
         ema_denoiser.load_state_dict(denoiser.state_dict())
     ema_denoiser.to(device)
     ema = EMAModel(ema_denoiser.parameters(), decay=config.ema_decay)
     ema.optimization_step = state["ema_step"]
-    step, minutes_before = state["step"], state["minutes"]
-    start_trackers(accelerator, f"train-{config.cond}", asdict(config))
+    step = state["step"]
+    run.start_trackers(f"train-{config.cond}", asdict(config))
     model, optimizer = accelerator.prepare(denoiser, optimizer)
     noise_scheduler.alphas_cumprod = noise_scheduler.alphas_cumprod.to(device)
+    window: list[float] = []
+    samples_at = run.minutes()
 
-    def save() -> None:
+    def log_window() -> None:
+        row = {"step": step, "images_seen": step * batch_size, "loss": float(np.mean(window))}
+        run.metrics.log({**row, "lr": scheduler.get_last_lr()[0], "minutes": run.minutes()})
+        window.clear()
+
+    def save(final: bool = False) -> None:
+        nonlocal samples_at
         if window:
             log_window()
         ema.copy_to(ema_denoiser.parameters())
-        if not accelerator.is_main_process:
+        run.save({"model": denoiser, "ema": ema_denoiser}, optimizer, scheduler, {"step": step, "ema_step": ema.optimization_step, "config": asdict(config)})
+        if not run.is_main:
             return
-        state.update(step=step, minutes=minutes(), ema_step=ema.optimization_step, config=asdict(config))
-        save_checkpoint(out / CHECKPOINT, {"model": denoiser, "ema": ema_denoiser}, optimizer, scheduler, state)
         pipeline = EmotionEditPipeline(ema_denoiser, sampling_scheduler("ddim", noise_scheduler), encoder)
-        pipeline.to(device).save_pretrained(out)
-        record = {**asdict(config), "hardware": describe_hardware(accelerator)}
-        atomic_write(out / TRAINING_CONFIG, lambda t: t.write_text(json.dumps(record, indent=2)))
-        write_sample_grid(pipeline, out / "samples" / f"images_{step * global_batch:09d}.png", seed=config.seed)
+        pipeline.to(device).save_pretrained(run.out)
+        run.write_record({**asdict(config), "hardware": describe_hardware(accelerator)})
+        if final or run.minutes() - samples_at > config.sample_minutes:
+            write_sample_grid(pipeline, run.out / "samples" / f"images_{step * batch_size:09d}.png", seed=config.seed)
+            samples_at = run.minutes()
 
-    def log_window() -> None:
-        row = {"step": step, "images_seen": step * global_batch, "loss": float(np.mean(window))}
-        metrics.log({**row, "lr": scheduler.get_last_lr()[0], "minutes": minutes()})
-        window.clear()
-
-    started = time.monotonic()
-    minutes = lambda: minutes_before + (time.monotonic() - started) / 60  # noqa: E731
     limits = [s for s in (total_steps, config.stop_at_step) if s]
     stop = min(limits) if limits else None  # None: only the minutes budget ends the run
-    rank, world = accelerator.process_index, accelerator.num_processes
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.cond}", disable=not accelerator.is_main_process)
-    last_checkpoint, window = time.monotonic(), []
+    bar = tqdm(total=total_steps, initial=step, desc=f"train {config.cond}", disable=not run.is_main)
     model.train()
-    restore_sigterm = interrupt_on_sigterm()
-    try:
-        while (stop is None or step < stop) and (config.minutes is None or minutes() < config.minutes):
-            epoch, offset = divmod(step, steps_per_epoch)
-            index = epoch_order(len(train), config.seed, epoch)[offset * global_batch : (offset + 1) * global_batch]
-            index = index[rank::world]
-            g = torch.Generator().manual_seed(step_seed(config.seed, step, rank))
+    with run.checkpoint_on_interrupt(save):
+        while (stop is None or step < stop) and (config.minutes is None or run.minutes() < config.minutes):
+            index = run.batch(step, len(train), batch_size)
+            g = run.generator(step)
             flip = torch.rand(len(index), generator=g) < 0.5
             x0 = torch.where(flip[:, None, None, None], images[index].flip(-1), images[index])
             t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=g)
@@ -544,15 +375,9 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
             bar.set_postfix(loss=f"{loss.item():.4f}")
             if step % config.log_every == 0:
                 log_window()
-            if time.monotonic() - last_checkpoint > config.checkpoint_minutes * 60:
+            if run.checkpoint_due():
                 save()
-                last_checkpoint = time.monotonic()
-    except KeyboardInterrupt:
-        save()
-        raise
-    finally:
-        restore_sigterm()
-        bar.close()
-    save()
+    bar.close()
+    save(final=True)
     accelerator.end_training()
-    return {"step": step, "images_seen": step * global_batch, "minutes": minutes(), "is_main": accelerator.is_main_process}
+    return {"step": step, "images_seen": step * batch_size, "minutes": run.minutes(), "is_main": run.is_main}

@@ -1,0 +1,321 @@
+"""Photos and face crops: reading them, finding and framing faces the way FER-2013 does, and
+putting edits back. ``emodiff edit``, ``emodiff predict``, the web app and ``pipe.edit`` all frame
+a face through ``Preparer``, so the same photo gives the same crop everywhere.
+
+An input no larger than 64x64 is taken as a face crop and used whole. A larger one is a photo:
+faces are found with dlib's HOG detector (built into dlib, nothing to download) and aligned with
+the 5-point landmarks shipped in face_recognition_models, by the similarity transform that puts
+the eye centres where FER-2013 crops have them (measured with the same landmarks on 600 FER
+training faces: median left eye (0.315, 0.401), right eye (0.677, 0.391)).
+
+The edit goes back as a *change* of luminance: (edited crop - original crop), upsampled into the
+photo under a feathered ellipse and added equally to R, G and B. Adding the same amount to all
+three channels leaves Cb and Cr unchanged, so colour is kept, the photo's own detail and
+resolution stay, and every pixel outside the mask is bit-identical to the input.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFilter, ImageOps
+
+from .data import IMAGE_SIZE
+
+EYE_CENTRE = (0.496, 0.396)  # midpoint of the eyes in a FER crop, as fractions of its side
+EYE_DISTANCE = 0.362  # distance between the eye centres, as a fraction of the side
+FACE_ELLIPSE = (0.5, 0.55, 0.40, 0.50)  # centre x, y and radii of the pasted region, fractions of the side
+CROP_LIMIT = 64  # inputs no larger than this on both sides are taken as face crops already
+MIN_SIDE = 16  # smaller inputs hold no face worth editing
+PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # photos are written back in these formats; others as PNG
+
+
+class PhotoError(ValueError):
+    """An image that cannot be edited; the message says why and what would work."""
+
+
+class NoFaceError(PhotoError):
+    """A photo in which no face was found."""
+
+
+@dataclass(frozen=True)
+class Face:
+    box: tuple[int, int, int, int]  # left, top, right, bottom in photo pixels
+    left_eye: tuple[float, float]  # eye centres in photo pixels (left as seen in the image)
+    right_eye: tuple[float, float]
+
+    @property
+    def area(self) -> int:
+        return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+    def crop_to_photo(self, size: int = IMAGE_SIZE) -> tuple[float, ...]:
+        """Affine coefficients (a, b, c, d, e, f): crop pixel (u, v) -> photo (a u + b v + c, d u + e v + f)."""
+        (lx, ly), (rx, ry) = self.left_eye, self.right_eye
+        angle = math.atan2(ry - ly, rx - lx)
+        scale = math.hypot(rx - lx, ry - ly) / (EYE_DISTANCE * size)
+        a, b = scale * math.cos(angle), -scale * math.sin(angle)
+        d, e = scale * math.sin(angle), scale * math.cos(angle)
+        cu, cv = EYE_CENTRE[0] * size, EYE_CENTRE[1] * size
+        ex, ey = (lx + rx) / 2, (ly + ry) / 2
+        return (a, b, ex - a * cu - b * cv, d, e, ey - d * cu - e * cv)
+
+
+class FaceFinder:
+    """dlib's face detector and 5-point landmarks, loaded once and used by one thread at a time:
+    dlib's detector is not thread-safe (two threads at once crash the process)."""
+
+    def __init__(self):
+        import dlib
+
+        spec = importlib.util.find_spec("face_recognition_models")  # not imported: its __init__ needs pkg_resources
+        if spec is None:
+            raise ImportError("face detection needs the face_recognition_models package")
+        models = Path(spec.submodule_search_locations[0]) / "models"
+        self._detector = dlib.get_frontal_face_detector()
+        self._landmarks = dlib.shape_predictor(str(models / "shape_predictor_5_face_landmarks.dat"))
+        self._lock = threading.Lock()
+
+    def find(self, photo: Image.Image) -> list[Face]:
+        """Faces left to right. Small photos are upsampled once so faces down to ~40 px are found."""
+        gray = np.asarray(photo.convert("L"))
+        upsample = 1 if max(gray.shape) < 1200 else 0
+        faces = []
+        with self._lock:
+            for rect in self._detector(gray, upsample):
+                points = [(p.x, p.y) for p in self._landmarks(gray, rect).parts()]
+                # 5-point model: 0-1 the eye on the image's right, 2-3 the eye on its left, 4 the nose
+                right = tuple(np.mean(points[0:2], axis=0).tolist())
+                left = tuple(np.mean(points[2:4], axis=0).tolist())
+                faces.append(Face((rect.left(), rect.top(), rect.right(), rect.bottom()), left, right))
+        return sorted(faces, key=lambda face: face.box[0])
+
+
+def select(faces: list[Face], which: str) -> list[Face]:
+    """``largest``, ``all`` or a 0-based index into the faces ordered left to right."""
+    if which == "all":
+        return faces
+    if which == "largest":
+        return [max(faces, key=lambda face: face.area)]
+    if which.isdigit() and int(which) < len(faces):
+        return [faces[int(which)]]
+    raise PhotoError(f"--face {which!r}: expected largest, all or an index 0..{len(faces) - 1} (faces counted left to right)")
+
+
+def parse_face_choice(which: str) -> str:
+    if which in ("largest", "all") or which.isdigit():
+        return which
+    raise ValueError(f"--face {which!r}: expected largest, all or a face index (0 = leftmost)")
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def load_photo(path: str | Path) -> Image.Image:
+    """A still image upright (EXIF orientation applied), in L, LA, RGB or RGBA, 8 bits per channel.
+
+    16-bit images are scaled to 8 bits rather than clipped; animated images, images too small to
+    hold a face and images over Pillow's decompression-bomb limit are refused with the reason. The
+    photo's ICC profile, DPI, EXIF (orientation now neutral) and JPEG quantisation travel in
+    ``info`` so an edit can be written back like its input (``save_options``).
+    """
+    probe(path)
+    with Image.open(path) as image:
+        image.load()
+        jpeg = {"qtables": image.quantization, "subsampling": _jpeg_sampling(image)} if image.format == "JPEG" else {}
+        upright = ImageOps.exif_transpose(image)
+    upright = as_8bit(upright)
+    check_size(upright)
+    upright.info["jpeg"] = jpeg
+    return upright
+
+
+def _jpeg_sampling(image: Image.Image) -> int:
+    from PIL import JpegImagePlugin
+
+    return JpegImagePlugin.get_sampling(image)
+
+
+def as_8bit(image: Image.Image) -> Image.Image:
+    """The image in L, LA, RGB or RGBA; 16- and 32-bit grey scaled to 0..255 (not clipped)."""
+    if image.mode in ("L", "LA", "RGB", "RGBA"):
+        return image
+    if image.mode.startswith("I"):  # I;16, I;16B, I (16-bit PNGs load as I or I;16)
+        scaled = Image.fromarray(np.rint(np.asarray(image, dtype=np.float64) / 257.0).clip(0, 255).astype(np.uint8))
+        scaled.info = dict(image.info)
+        return scaled
+    if image.mode == "F":
+        raise PhotoError("floating-point image: save it as an 8- or 16-bit PNG or a JPEG")
+    converted = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
+    converted.info = dict(image.info)
+    return converted
+
+
+def check_size(image: Image.Image) -> None:
+    if min(image.size) < MIN_SIDE:
+        raise PhotoError(f"{image.width}x{image.height} pixels is too small to hold a face (at least {MIN_SIDE}x{MIN_SIDE})")
+
+
+def as_image(image) -> Image.Image:
+    """What the Python API takes: a PIL image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).
+
+    Other arrays are refused rather than guessed at: a float array in [0, 1] or a uint16 one
+    would silently turn black or white.
+    """
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise TypeError(f"expected a uint8 array (0..255), got {image.dtype}: convert it first, e.g. (x * 255).round().astype(np.uint8) for floats in [0, 1]")
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[2] not in (3, 4)):
+            raise TypeError(f"expected an array of shape (H, W), (H, W, 3) or (H, W, 4), got {image.shape}")
+        image = Image.fromarray(image)
+    if not isinstance(image, Image.Image):
+        raise TypeError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")
+    image = as_8bit(image)
+    check_size(image)
+    return image
+
+
+def is_face_crop(image: Image.Image) -> bool:
+    return image.width <= CROP_LIMIT and image.height <= CROP_LIMIT
+
+
+# ----------------------------------------------------------------------------- framing
+
+
+def crop(photo: Image.Image, face: Face, size: int = IMAGE_SIZE) -> np.ndarray:
+    """The aligned size x size grayscale crop; sampled large, then reduced with antialiasing."""
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    oversample = int(min(8, max(1, round(math.hypot(a, d)))))
+    fine = photo.convert("L").transform(
+        (size * oversample, size * oversample),
+        Image.AFFINE,
+        (a / oversample, b / oversample, c, d / oversample, e / oversample, f),
+        resample=Image.BICUBIC,
+    )
+    return np.asarray(fine.resize((size, size), Image.LANCZOS))
+
+
+@dataclass
+class Prepared:
+    """One input ready to edit: its 48x48 crops, and how to put edits back."""
+
+    image: Image.Image
+    crops: np.ndarray  # uint8 (n, 48, 48)
+    faces: list[Face] | None = None  # None: the input is itself a face crop
+
+    def render(self, edits: np.ndarray) -> list[Image.Image]:
+        """Edited crops (n, T, 48, 48) -> one output image per target, carrying the input's ``info``."""
+        results = []
+        for target in range(edits.shape[1]):
+            if self.faces is None:
+                result = Image.fromarray(edits[0, target]).resize(self.image.size, Image.BICUBIC)
+            else:
+                result = self.image
+                for face, crop_, edit in zip(self.faces, self.crops, edits[:, target]):
+                    result = paste(result, face, crop_, edit)
+                result.info = dict(self.image.info)
+            results.append(result)
+        return results
+
+    def output_suffix(self, path: Path) -> str:
+        """Face crops become PNG; photos keep their format (JPEG, PNG, WebP), others become PNG."""
+        suffix = Path(path).suffix.lower()
+        return suffix if self.faces is not None and suffix in PHOTO_SUFFIXES else ".png"
+
+
+class Preparer:
+    """Turns images into crops: small ones as they are, photos through face detection."""
+
+    def __init__(self, face: str = "largest", detect: bool = True):
+        self.face, self.detect = parse_face_choice(face), detect
+        self._finder = None
+        self._lock = threading.Lock()
+
+    def __call__(self, image: Image.Image) -> Prepared:
+        if not self.detect or is_face_crop(image):
+            gray = image.convert("L")
+            return Prepared(gray, np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))[None])
+        with self._lock:  # one finder, made on first use
+            if self._finder is None:
+                self._finder = FaceFinder()
+        found = self._finder.find(image)
+        if not found:
+            raise NoFaceError("no face found (a face crop of at most 64x64 pixels is used whole)")
+        chosen = select(found, self.face)
+        return Prepared(image, np.stack([crop(image, face) for face in chosen]), chosen)
+
+
+# ----------------------------------------------------------------------------- putting edits back
+
+
+def _feathered_mask(size: int) -> np.ndarray:
+    cx, cy, rx, ry = (v * size for v in FACE_ELLIPSE)
+    mask = Image.new("L", (size * 4, size * 4), 0)
+    ImageDraw.Draw(mask).ellipse([(cx - rx) * 4, (cy - ry) * 4, (cx + rx) * 4, (cy + ry) * 4], fill=255)
+    mask = mask.filter(ImageFilter.GaussianBlur(size * 4 * 0.07))
+    return np.asarray(mask.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255
+
+
+def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarray) -> Image.Image:
+    """The photo with the luminance change (edited - original crop) added under a feathered face mask."""
+    size = original.shape[0]
+    change = (edited.astype(np.float32) - original.astype(np.float32)) * _feathered_mask(size)
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    corners = [(a * u + b * v + c, d * u + e * v + f) for u in (0, size) for v in (0, size)]
+    left = max(0, math.floor(min(x for x, _ in corners)))
+    top = max(0, math.floor(min(y for _, y in corners)))
+    right = min(photo.width, math.ceil(max(x for x, _ in corners)))
+    bottom = min(photo.height, math.ceil(max(y for _, y in corners)))
+    if right <= left or bottom <= top:
+        return photo.copy()
+    # photo pixel (x, y) -> crop (u, v): the inverse of the similarity, offset to the region
+    det = a * e - b * d
+    ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
+    x0, y0 = left - c, top - f
+    region = Image.fromarray(change).transform(
+        (right - left, bottom - top),
+        Image.AFFINE,
+        (ia, ib, ia * x0 + ib * y0, id_, ie, id_ * x0 + ie * y0),
+        resample=Image.BICUBIC,
+        fillcolor=0.0,
+    )
+    delta = np.asarray(region, dtype=np.float32)[..., None]
+    pixels = np.array(photo)
+    if pixels.ndim == 2:
+        view = pixels[top:bottom, left:right, None]
+    else:  # the luminance-carrying channels: L of LA, or all of R, G, B
+        view = pixels[top:bottom, left:right, : 1 if photo.mode == "LA" else 3]
+    updated = np.clip(np.rint(view.astype(np.float32) + delta), 0, 255).astype(np.uint8)
+    touched = np.broadcast_to(np.abs(delta) >= 0.5, view.shape)
+    view[touched] = updated[touched]  # untouched pixels keep their exact values
+    return Image.fromarray(pixels)
+
+
+def save_options(image: Image.Image, fmt: str) -> dict:
+    """Pillow save options that write ``image`` like the photo it came from: its ICC profile, DPI and
+    EXIF, and for JPEG its own quantisation tables and chroma subsampling (its own quality)."""
+    info, options = image.info, {}
+    for key in ("icc_profile", "dpi", "exif"):
+        if info.get(key):
+            options[key] = info[key]
+    if fmt == "JPEG" and info.get("jpeg"):
+        options.update(info["jpeg"])
+    return options
+
+
+def probe(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file from its header, refusing what ``load_photo`` would refuse
+    for its frames or size, so a batch's outputs can be planned before anything is decoded."""
+    try:
+        with Image.open(path) as image:
+            frames = getattr(image, "n_frames", 1)
+            if frames > 1:
+                raise PhotoError(f"animated image with {frames} frames: only still images are edited (save the frame you want as PNG or JPEG)")
+            check_size(image)
+            return image.size
+    except Image.DecompressionBombError as error:
+        raise PhotoError(f"too many pixels to edit safely ({error.args[0].split(',')[0]}); downscale the image first") from None

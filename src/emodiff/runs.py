@@ -1,0 +1,209 @@
+"""Run-keeping for the training loops: the folder, checkpoints, the metrics log, timing, signals
+and the order of batches, so each loop in ``training.py`` reads top to bottom.
+
+Everything a run needs to continue lives in ``OUT/checkpoint.safetensors`` (weights, optimizer
+moments, schedule, step) plus ``OUT/metrics.csv``. Randomness is derived from (seed, step), never
+carried, so a resumed run draws exactly the batches and noise the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import signal
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .devices import make_accelerator
+from .files import atomic_write
+
+CHECKPOINT = "checkpoint.safetensors"
+METRICS = "metrics.csv"
+TRAINING_CONFIG = "training_config.json"
+
+
+def step_seed(seed: int, step: int, rank: int = 0) -> int:
+    """The seed of one training step on one process: resumable without storing RNG state."""
+    return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63)
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed * 10_007 + epoch))
+
+
+def save_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, scheduler, state: dict) -> None:
+    """Weights, optimizer tensors and JSON state in one safetensors file: nothing to unpickle."""
+    tensors = {
+        f"{name}.{key}": value.detach().cpu().contiguous()
+        for name, module in modules.items()
+        for key, value in module.state_dict().items()
+    }
+    optimizer_state = optimizer.state_dict()
+    for param_id, slots in optimizer_state["state"].items():
+        for slot, value in slots.items():
+            tensors[f"optimizer.{param_id}.{slot}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    metadata = {
+        "state": json.dumps(state),
+        "param_groups": json.dumps(optimizer_state["param_groups"]),
+        "scheduler": json.dumps(scheduler.state_dict()),
+    }
+    atomic_write(path, lambda temp: save_file(tensors, str(temp), metadata=metadata))
+
+
+def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, scheduler) -> dict:
+    """Restore what ``save_checkpoint`` wrote into live objects; returns the JSON state."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata()
+        tensors = load_file(str(path))
+        for name, module in modules.items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        slots: dict[int, dict] = {}
+        for key, value in tensors.items():
+            if key.startswith("optimizer."):
+                _, param_id, slot = key.split(".", 2)
+                slots.setdefault(int(param_id), {})[slot] = value
+        optimizer.load_state_dict({"state": slots, "param_groups": json.loads(metadata["param_groups"])})
+        scheduler.load_state_dict(json.loads(metadata["scheduler"]))
+        return json.loads(metadata["state"])
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(
+            f"{path}: cannot resume from this checkpoint ({str(error).splitlines()[0]}); it is corrupt or from "
+            "another model: delete it to start the run over, or use another --out"
+        ) from None
+
+
+class MetricsLog:
+    """Rows of metrics, rewritten atomically to CSV (and sent to TensorBoard when installed)."""
+
+    def __init__(self, path: Path, accelerator):
+        self.path, self.accelerator = path, accelerator
+        self.rows: list[dict] = []
+        if path.exists():
+            with open(path, newline="") as handle:
+                self.rows = list(csv.DictReader(handle))
+
+    def drop_after(self, step: int) -> None:
+        """Forget rows a killed run logged after its last checkpoint; the resumed run redoes them."""
+        self.rows = [row for row in self.rows if int(float(row["step"])) <= step]
+
+    def log(self, row: dict) -> None:
+        self.rows.append({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})
+        if self.accelerator.is_main_process:
+            fields = list(dict.fromkeys(key for r in self.rows for key in r))
+
+            def write(temp: Path) -> None:
+                with open(temp, "w", newline="") as handle:
+                    writer = csv.DictWriter(handle, fields)
+                    writer.writeheader()
+                    writer.writerows(self.rows)
+
+            atomic_write(self.path, write)
+        self.accelerator.log({k: v for k, v in row.items() if isinstance(v, (int, float))}, step=int(row["step"]))
+
+
+class Run:
+    """One training run's folder and clock. Refuses to silently overwrite an earlier run."""
+
+    def __init__(self, out: str | Path, *, resume: bool, device: str, seed: int, checkpoint_minutes: float):
+        self.out = Path(out)
+        has_checkpoint = (self.out / CHECKPOINT).exists()
+        if has_checkpoint and not resume:
+            raise FileExistsError(f"{self.out} already holds a training run: pass --resume to continue it, or another --out")
+        if self.out.exists() and not self.out.is_dir():
+            raise FileExistsError(f"--out {self.out}: is a file, expected a folder for the run")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._remove_partial_files()
+        self.resuming = has_checkpoint and resume
+        self.seed, self.checkpoint_minutes = seed, checkpoint_minutes
+        self.accelerator = make_accelerator(device, self.out)
+        self.metrics = MetricsLog(self.out / METRICS, self.accelerator)
+        self.minutes_before = 0.0
+        self._started = self._last_checkpoint = time.monotonic()
+
+    def _remove_partial_files(self) -> None:
+        """Temp files of atomic writes a killed run (kill -9) left behind: never a finished file."""
+        for partial in self.out.glob(".*.tmp"):
+            partial.unlink(missing_ok=True)
+        for partial in self.out.glob("**/.save-*"):
+            shutil.rmtree(partial, ignore_errors=True)
+
+    @property
+    def is_main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    def minutes(self) -> float:
+        """Minutes of training, summed over resumes."""
+        return self.minutes_before + (time.monotonic() - self._started) / 60
+
+    def restore(self, modules: dict[str, nn.Module], optimizer, scheduler) -> dict:
+        state = load_checkpoint(self.out / CHECKPOINT, modules, optimizer, scheduler)
+        self.minutes_before = state.get("minutes", 0.0)
+        self.metrics.drop_after(state["step"])
+        return state
+
+    def save(self, modules: dict[str, nn.Module], optimizer, scheduler, state: dict) -> None:
+        if self.is_main:
+            save_checkpoint(self.out / CHECKPOINT, modules, optimizer, scheduler, {**state, "minutes": self.minutes()})
+        self._last_checkpoint = time.monotonic()
+
+    def checkpoint_due(self) -> bool:
+        return time.monotonic() - self._last_checkpoint > self.checkpoint_minutes * 60
+
+    def write_record(self, record: dict) -> None:
+        if self.is_main:
+            atomic_write(self.out / TRAINING_CONFIG, lambda t: t.write_text(json.dumps(record, indent=2)))
+
+    def batch(self, step: int, n: int, batch_size: int) -> torch.Tensor:
+        """This process's share of step ``step``'s batch: a fresh permutation of the ``n`` faces per epoch."""
+        epoch, offset = divmod(step, n // batch_size)
+        index = epoch_order(n, self.seed, epoch)[offset * batch_size : (offset + 1) * batch_size]
+        return index[self.accelerator.process_index :: self.accelerator.num_processes]
+
+    def generator(self, step: int) -> torch.Generator:
+        """The generator of step ``step`` on this process; torch's global RNG (dropout) is seeded alike."""
+        seed = step_seed(self.seed, step, self.accelerator.process_index)
+        torch.manual_seed(seed)
+        return torch.Generator().manual_seed(seed)
+
+    def announce(self, what: str, faces: int) -> None:
+        """One line saying what runs where, so a log shows the hardware and precision of every run."""
+        a = self.accelerator
+        if a.is_main_process:
+            processes = f"{a.num_processes} process{'es' if a.num_processes > 1 else ''}"
+            print(f"{what}: {faces} training faces, {processes} ({a.distributed_type.value}) on {a.device}, mixed precision {a.mixed_precision}", flush=True)
+
+    def start_trackers(self, name: str, config: dict) -> None:
+        """TensorBoard logs under OUT/<name> when tensorboard is installed; the CSV is always written."""
+        if self.accelerator.log_with:
+            flat = {k: (json.dumps(v) if isinstance(v, (list, tuple, dict)) or v is None else v) for k, v in config.items()}
+            self.accelerator.init_trackers(name, config=flat)
+
+    @contextmanager
+    def checkpoint_on_interrupt(self, save):
+        """Ctrl-C or SIGTERM (kill, cluster pre-emption) calls ``save()`` before the run exits."""
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, interrupt) if main_thread else None
+        try:
+            yield
+        except KeyboardInterrupt:
+            save()
+            raise
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)

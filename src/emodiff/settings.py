@@ -1,0 +1,38 @@
+"""How to edit, as one frozen dataclass: no torch, so the command line can show its defaults at once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MODES = ("paper", "sdedit", "invert")
+SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
+
+
+@dataclass(frozen=True)
+class EditSettings:
+    """How to edit; the defaults are the sweep's choice for the shipped model (README, docs/sweep)."""
+
+    mode: str = "invert"
+    strength: float = 0.4
+    steps: int = 10
+    guidance: float = 7.0
+    # Add only the edit's change to the input: (decode under the target) - (decode under the source
+    # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
+    # detail) then stays the input's own, and editing to the source emotion returns the input.
+    # Costs one more decode per face unless the source emotion is a target. None: on in invert mode
+    # (where the sweep measured it), else off.
+    keep_detail: bool | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.keep_detail is None:
+            object.__setattr__(self, "keep_detail", self.mode == "invert")
+        if self.keep_detail and self.mode == "paper":
+            raise ValueError("keep_detail needs a mode that starts from the input (invert or sdedit), not paper")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength {self.strength} is outside (0, 1]")
+        if self.steps <= 0:
+            raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
+        if self.guidance < 0:
+            raise ValueError(f"guidance must be >= 0, got {self.guidance}")
