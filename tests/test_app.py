@@ -35,9 +35,10 @@ def test_non_image_upload_is_refused(tmp_path):
 def test_edit_returns_the_edit_the_strip_and_downloads(service):
     face = str(sample_faces()[0])
     edited, (before, after), strip, files = service.edit(face, ["sad", "surprise"], 0.6)
-    assert isinstance(edited, Image.Image) and edited.size == (48, 48)
-    assert after is edited and before.size == edited.size  # the before/after view
+    assert Image.open(edited).size == (48, 48) and edited == files[0]
+    assert after == edited and before == face  # the before/after view
     assert [caption for _, caption in strip] == ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+    assert all(Image.open(cell).size == (96, 96) for cell, _ in strip)
     assert [f.rsplit("_", 1)[1] for f in files] == ["sad.png", "surprise.png"]
     with pytest.raises(UploadError, match="at least one"):
         service.edit(face, [], 0.6)

@@ -222,6 +222,7 @@ def test_every_emotion_name_is_offered_when_one_is_wrong(tmp_path, capsys, face_
     assert all(name in err for name in EMOTIONS) and not (tmp_path / "o").exists()
 
 
+@pytest.mark.slow
 def test_a_killed_run_leaves_no_temp_files_behind_when_resumed(fer_csv, tmp_path):
     tiny = ["--channels", "16,32", "--layers-per-block", "1", "--device", "cpu", "--images", "128", "--batch-size", "64"]
     run = tmp_path / "run"

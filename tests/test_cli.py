@@ -104,6 +104,7 @@ def test_console_script_help_runs():
         assert command in result.stdout
 
 
+@pytest.mark.slow
 def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path):
     import json
 
@@ -116,6 +117,7 @@ def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path
     assert "| **all** |" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path):
     import json
 
@@ -164,3 +166,22 @@ def test_test_encoder_scores_a_judge_with_and_without_test_time_views(fer_csv, t
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("EmotionJudge on")]
     assert len(lines) == 2 and all("accuracy" in line for line in lines)
     assert lines[0] != lines[1]  # 18 views against the mirror pair: the loss differs
+
+
+def test_demo_writes_one_grid_of_every_bundled_input_and_its_seven_edits(model_dir, tmp_path, capsys):
+    from emodiff.assets import CELL, sample_faces, sample_photos, view
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--model", str(model_dir), "--out", str(out), "--steps", "2", "--device", "cpu"]) == 0
+    grid = np.asarray(Image.open(out).convert("RGB"))
+    rows, columns = len(sample_faces()) + len(sample_photos()), 1 + len(EMOTIONS)
+    pad, top = 2, 14  # labelled_grid's spacing and column-label strip
+    assert grid.shape[0] == top + rows * (CELL + pad)
+    left = grid.shape[1] - columns * (CELL + pad)
+    cell = lambda r, c: grid[top + r * (CELL + pad) : top + r * (CELL + pad) + CELL, left + c * (CELL + pad) : left + c * (CELL + pad) + CELL]  # noqa: E731
+    first_face = Image.open(sample_faces()[0])
+    np.testing.assert_array_equal(cell(0, 0), view(first_face))  # the input column shows the input
+    for r in range(rows):
+        changed = sum(np.abs(cell(r, c).astype(int) - cell(r, 0)).mean() > 0.5 for c in range(1, columns))
+        assert changed >= columns - 2, r  # every edit changed the face, but the one to its own emotion may not
+    assert f"edited {rows} faces to 7 emotions" in capsys.readouterr().out

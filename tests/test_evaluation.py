@@ -70,6 +70,7 @@ def test_frechet_distance_zero_for_identical_sets_and_grows_with_a_shift(judge):
     assert shifted[0] < shifted[1] < shifted[2]
 
 
+@pytest.mark.slow
 def test_do_nothing_editor_keeps_identity_but_scores_chance_emotion(identity, real_faces, judge, tmp_path):
     inputs = FaceSet(np.repeat(real_faces, 2, axis=0), np.repeat(np.arange(7), 2), np.ones(14, np.int8))
     do_nothing = lambda faces, targets: np.repeat(faces[:, None], len(targets), axis=1)  # noqa: E731

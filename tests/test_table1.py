@@ -15,6 +15,7 @@ def _untimed(summary: dict) -> list[dict]:
     return [{k: v for k, v in row["metrics"].items() if k != "seconds_per_input"} for row in summary["rows"]]
 
 
+@pytest.mark.slow
 def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_csv, tmp_path, capsys):
     out = tmp_path / "table1"
     assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *TINY]) == 0

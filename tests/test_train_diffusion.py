@@ -31,6 +31,7 @@ def _config(data, out, **overrides):
     return DiffusionTrainConfig(**settings)
 
 
+@pytest.mark.slow
 def test_training_writes_a_usable_model_dir(fer_csv, tmp_path, vae_dir):
     out = tmp_path / "vae-run"
     result = train_diffusion(_config(fer_csv, out, cond="vae", encoder=str(vae_dir), min_snr_gamma=5.0))
@@ -61,6 +62,7 @@ def test_wrong_encoder_kind_is_refused(fer_csv, tmp_path, vae_dir):
         train_diffusion(_config(fer_csv, tmp_path / "x", cond="cnn", encoder=str(vae_dir)))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("cond", ["label", "vae"])
 def test_resume_equals_uninterrupted_training(fer_csv, tmp_path, vae_dir, cond):
     encoder = None if cond == "label" else str(vae_dir)
@@ -74,6 +76,7 @@ def test_resume_equals_uninterrupted_training(fer_csv, tmp_path, vae_dir, cond):
         torch.testing.assert_close(resumed[key], full[key], rtol=1e-4, atol=1e-6, msg=key)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate launcher not on PATH")
 def test_distributed_training_with_two_cpu_processes(fer_csv, tmp_path):
     out = tmp_path / "ddp"

@@ -2,8 +2,11 @@
 
 Requests are queued, two at a time. The pipeline builds its sampler per call and the face finder
 serialises dlib (not thread-safe) itself, so handlers share them without a lock of their own.
-Each request's files live in a folder of their own; folders older than ``KEEP_OUTPUTS_SECONDS``
-are deleted as new requests come in, and all of them when the app stops.
+Every image the page shows is a file the request wrote into a folder of its own, never a PIL
+image: gradio caches PIL images under a hash of their bytes and writes that file in place, so two
+users editing the same sample at once would truncate a file while it is being downloaded; files
+it copies atomically. Folders older than ``KEEP_OUTPUTS_SECONDS`` are deleted as new requests come
+in, and all of them when the app stops.
 """
 
 from __future__ import annotations
@@ -61,7 +64,8 @@ class EditService:
         self.outputs = Path(tempfile.mkdtemp(prefix="emodiff-app-"))
 
     def edit(self, path: str | None, chosen: list[str], strength: float):
-        """-> (first chosen edit, (input, edit) for the before/after view, 7-emotion strip of (image, caption), files to download)."""
+        """-> (first chosen edit, (input, edit) for the before/after view, 7-emotion strip of (image, caption),
+        files to download), every image as a file path."""
         image = check_upload(path)
         if not chosen:
             raise UploadError("Choose at least one emotion.")
@@ -72,14 +76,19 @@ class EditService:
             raise UploadError(f"{Path(path).name}: {error}. Try a photo where the face is frontal and at least 40 pixels wide.") from None
         outputs, _, _ = self.pipeline.edit_prepared([prepared], list(range(len(EMOTIONS))), settings)
         results = outputs[0]
-        box = face_box(prepared, image)
-        strip = [(Image.fromarray(view(result, box)), name) for result, name in zip(results, EMOTIONS)]
-        first = results[EMOTIONS.index(chosen[0])]
-        return first, (image, first), strip, self._files(Path(path), prepared, results, chosen)
-
-    def _files(self, upload: Path, prepared, results, chosen: list[str]) -> list[str]:
         self.forget_old_outputs()
         folder = Path(tempfile.mkdtemp(dir=self.outputs))
+        box = face_box(prepared, image)
+        strip = []
+        for result, name in zip(results, EMOTIONS):
+            cell = folder / "strip" / f"{name}.png"
+            save_image(Image.fromarray(view(result, box)), cell)
+            strip.append((str(cell), name))
+        files = self._downloads(folder, Path(path), prepared, results, chosen)
+        return files[0], (path, files[0]), strip, files
+
+    @staticmethod
+    def _downloads(folder: Path, upload: Path, prepared, results, chosen: list[str]) -> list[str]:
         suffix, files = prepared.output_suffix(upload), []
         for name in chosen:
             target = folder / f"{upload.stem}_{name}{suffix}"
