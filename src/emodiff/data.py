@@ -1,4 +1,4 @@
-"""FER-2013: emotion names, loading both public layouts, a decoded cache, and batch augmentation.
+"""FER-2013: loading both public layouts, a decoded cache, tensors and batch augmentation.
 
 Images live in memory as one uint8 array (N, 48, 48): the whole data set is 80 MB, so there is
 no reason for per-item datasets or worker processes on a 2-core machine.
@@ -25,7 +25,7 @@ from .labels import EMOTIONS, SPLITS, FERDataError, parse_emotion, parse_split
 
 IMAGE_SIZE = 48
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 WHERE_TO_GET = (
     "FER-2013 is available from Kaggle: the CSV release 'fer2013.csv' "
@@ -43,7 +43,6 @@ class FaceSet:
     images: np.ndarray  # (N, 48, 48) uint8
     labels: np.ndarray  # (N,) int64, 0..6
     usage: np.ndarray  # (N,) int8, index into SPLITS
-    skipped: int = 0  # bad rows left out with skip_bad
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,7 +70,7 @@ def load_fer2013(path: str | os.PathLike, *, skip_bad: bool = False, use_cache: 
     cache = _cache_path(path, skip_bad) if use_cache else None
     if cache is not None and cache.exists():
         with np.load(cache) as saved:
-            return FaceSet(saved["images"], saved["labels"], saved["usage"], int(saved["skipped"]))
+            return FaceSet(saved["images"], saved["labels"], saved["usage"])
     if path.is_dir():
         faces = _load_folder(path, skip_bad)
     else:
@@ -148,7 +147,7 @@ def _load_csv(path: Path, skip_bad: bool) -> FaceSet:
             labels.append(int(label))
             usage.append(SPLITS.index(split))
     _report_bad(path, bad, skip_bad)
-    return _faceset(images, labels, usage, len(bad))
+    return _faceset(images, labels, usage)
 
 
 def _folder_files(root: Path) -> list[tuple[Path, int, int]]:
@@ -190,15 +189,14 @@ def _load_folder(root: Path, skip_bad: bool) -> FaceSet:
         labels.append(label)
         usage.append(split)
     _report_bad(root, bad, skip_bad)
-    return _faceset(images, labels, usage, len(bad))
+    return _faceset(images, labels, usage)
 
 
-def _faceset(images: list, labels: list, usage: list, skipped: int) -> FaceSet:
+def _faceset(images: list, labels: list, usage: list) -> FaceSet:
     return FaceSet(
         np.stack(images) if images else np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), np.uint8),
         np.asarray(labels, dtype=np.int64),
         np.asarray(usage, dtype=np.int8),
-        skipped,
     )
 
 
@@ -223,7 +221,7 @@ def _write_cache(cache: Path, faces: FaceSet) -> None:
     cache.parent.mkdir(parents=True, exist_ok=True)
     partial = cache.with_suffix(f".{os.getpid()}.tmp")
     with open(partial, "wb") as handle:
-        np.savez(handle, images=faces.images, labels=faces.labels, usage=faces.usage, skipped=faces.skipped)
+        np.savez(handle, images=faces.images, labels=faces.labels, usage=faces.usage)
     os.replace(partial, cache)
 
 

@@ -238,10 +238,11 @@ def load_semantic_encoder(cond: str, directory: str | None) -> nn.Module:
     return encoder
 
 
-def write_sample_grid(pipeline, path: Path, per_emotion: int = 6, seed: int = 0) -> None:
+def write_sample_grid(pipeline, path: Path, seed: int = 0) -> None:
+    """Six random faces per emotion, one row each: how a run's samples look as it trains."""
     from .grid import labelled_grid
 
-    rows = [np.stack([np.asarray(im) for im in pipeline.sample(e, per_emotion, steps=25, seed=seed)]) for e in EMOTIONS]
+    rows = [np.stack([np.asarray(im) for im in pipeline.sample(e, 6, steps=25, seed=seed)]) for e in EMOTIONS]
     save_image(labelled_grid(np.stack(rows), row_labels=list(EMOTIONS)), path)
 
 
