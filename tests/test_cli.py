@@ -185,3 +185,26 @@ def test_demo_writes_one_grid_of_every_bundled_input_and_its_seven_edits(model_d
         changed = sum(np.abs(cell(r, c).astype(int) - cell(r, 0)).mean() > 0.5 for c in range(1, columns))
         assert changed >= columns - 2, r  # every edit changed the face, but the one to its own emotion may not
     assert f"edited {rows} faces to 7 emotions" in capsys.readouterr().out
+
+
+def test_help_and_argument_errors_answer_without_importing_torch():
+    probe = (
+        "import sys; from emodiff.cli import build_parser\n"
+        "parser = build_parser()\n"
+        "try:\n    parser.parse_args(['edit', 'x.png', '--out', 'o'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'diffusers', 'numpy') if m in sys.modules))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert result.stdout.strip() == "[]", result.stdout + result.stderr
+    assert "--to" in result.stderr  # the missing option is named
+
+
+def test_asking_for_an_absent_cuda_is_an_error_not_a_silent_cpu_run(face_files, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    assert main(["predict", str(face_files[0]), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
+    assert main(["edit", str(face_files[0]), "--to", "happy", "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
+    assert "no CUDA device" in capsys.readouterr().err
