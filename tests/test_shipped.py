@@ -31,7 +31,7 @@ def test_predict_runs_on_the_bundled_faces():
     assert len(lines) == 7 and all("%" in line for line in lines)
 
 
-@pytest.mark.parametrize("kind, floor", [("cnn", 0.56), ("judge", 0.60)])
+@pytest.mark.parametrize("kind, floor", [("cnn", 0.56), pytest.param("judge", 0.60, marks=pytest.mark.slow)])
 def test_shipped_classifiers_recognise_real_publictest_faces(real_publictest_csv, kind, floor):
     """A regression guard on 300 held-out faces (the README has the full-split numbers)."""
     import torch

@@ -80,6 +80,7 @@ def test_unknown_kind_is_refused(fer_csv, tmp_path):
         train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_the_run_resumes(fer_csv, tmp_path):
     import json
     import os
