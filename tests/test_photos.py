@@ -132,3 +132,23 @@ def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, 
 def test_bad_face_choice_is_refused_before_work(tmp_path, capsys, photo_path):
     assert main(["edit", str(photo_path), "--to", "happy", "--out", str(tmp_path / "o"), "--face", "middle"]) == 2
     assert "--face" in capsys.readouterr().err and not (tmp_path / "o").exists()
+
+
+def test_a_uniform_change_fades_to_nothing_inside_the_crop_with_no_step():
+    """The worst case for a seam: every pixel of the crop changed by the same amount. The change
+    pasted into a smooth photo must fall to zero inside the crop, without a step anywhere."""
+    yy, xx = np.mgrid[0:600, 0:600]
+    photo = Image.fromarray(((xx + yy) / 1200 * 120 + 60).astype(np.uint8)).convert("RGB")
+    face = face_ops.Face((200, 200, 400, 400), left_eye=(245.0, 260.0), right_eye=(355.0, 260.0))
+    crop = face_ops.crop(photo, face)
+    pasted = face_ops.paste(photo, face, crop, np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8))
+    change = np.asarray(pasted, dtype=float)[..., 0] - np.asarray(photo, dtype=float)[..., 0]
+    assert change.max() > 30  # the middle of the face took the change
+    a, b, c, d, e, f = face.crop_to_photo(48)
+    inside = np.zeros(change.shape, bool)
+    u = (xx - c) / a
+    v = (yy - f) / e
+    inside[(u >= 0) & (u < 48) & (v >= 0) & (v < 48)] = True
+    assert np.all(change[~inside] == 0)  # nothing outside the crop
+    step = max(np.abs(np.diff(change, axis=0)).max(), np.abs(np.diff(change, axis=1)).max())
+    assert step <= 0.1 * change.max(), step  # a fade: no pixel-to-pixel step over a tenth of the change (it was all of it)

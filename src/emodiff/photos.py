@@ -29,7 +29,12 @@ from .data import IMAGE_SIZE
 
 EYE_CENTRE = (0.496, 0.396)  # midpoint of the eyes in a FER crop, as fractions of its side
 EYE_DISTANCE = 0.362  # distance between the eye centres, as a fraction of the side
-FACE_ELLIPSE = (0.5, 0.55, 0.40, 0.50)  # centre x, y and radii of the pasted region, fractions of the side
+# The pasted region: an ellipse over brows, eyes, mouth and chin (centre x, y and radii, fractions of
+# the crop's side), feathered by a Gaussian of FEATHER sides, and a window that falls to zero over
+# the outer BORDER of the crop, so the change fades out inside the crop and never steps at its edge.
+FACE_ELLIPSE = (0.5, 0.53, 0.37, 0.41)
+FEATHER = 0.05
+BORDER = 0.12
 CROP_LIMIT = 64  # inputs no larger than this on both sides are taken as face crops already
 MIN_SIDE = 16  # smaller inputs hold no face worth editing
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # photos are written back in these formats; others as PNG
@@ -256,8 +261,12 @@ def _feathered_mask(size: int) -> np.ndarray:
     cx, cy, rx, ry = (v * size for v in FACE_ELLIPSE)
     mask = Image.new("L", (size * 4, size * 4), 0)
     ImageDraw.Draw(mask).ellipse([(cx - rx) * 4, (cy - ry) * 4, (cx + rx) * 4, (cy + ry) * 4], fill=255)
-    mask = mask.filter(ImageFilter.GaussianBlur(size * 4 * 0.07))
-    return np.asarray(mask.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255
+    mask = mask.filter(ImageFilter.GaussianBlur(size * 4 * FEATHER))
+    ellipse = np.asarray(mask.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255
+    to_edge = np.minimum(np.arange(size) + 0.5, size - 0.5 - np.arange(size)) / (BORDER * size)
+    ramp = np.clip(to_edge, 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no kink where the window reaches 1
+    return ellipse * ramp[:, None] * ramp[None, :]
 
 
 def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarray) -> Image.Image:
