@@ -10,15 +10,15 @@ from importlib import import_module
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "EMOTIONS": "data",
+    "EMOTIONS": "labels",
     "load_fer2013": "data",
-    "parse_emotion": "data",
+    "parse_emotion": "labels",
     "EmotionDenoiser": "denoiser",
     "EmotionCNN": "encoders",
     "EmotionJudge": "encoders",
     "FaceVAE": "encoders",
     "load_encoder": "encoders",
-    "EditSettings": "pipeline",
+    "EditSettings": "settings",
     "EmotionEditPipeline": "pipeline",
 }
 __all__ = [*_EXPORTS, "__version__"]
