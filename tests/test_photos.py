@@ -144,11 +144,45 @@ def test_a_uniform_change_fades_to_nothing_inside_the_crop_with_no_step():
     pasted = face_ops.paste(photo, face, crop, np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8))
     change = np.asarray(pasted, dtype=float)[..., 0] - np.asarray(photo, dtype=float)[..., 0]
     assert change.max() > 30  # the middle of the face took the change
-    a, b, c, d, e, f = face.crop_to_photo(48)
-    inside = np.zeros(change.shape, bool)
-    u = (xx - c) / a
-    v = (yy - f) / e
-    inside[(u >= 0) & (u < 48) & (v >= 0) & (v < 48)] = True
-    assert np.all(change[~inside] == 0)  # nothing outside the crop
+    inside = face.inside_crop(xx, yy)
+    assert inside.sum() > 250**2 and np.all(change[~inside] == 0)  # nothing outside the crop square
     step = max(np.abs(np.diff(change, axis=0)).max(), np.abs(np.diff(change, axis=1)).max())
     assert step <= 0.1 * change.max(), step  # a fade: no pixel-to-pixel step over a tenth of the change (it was all of it)
+
+
+def _smooth_photo_with_a_feature():
+    """A smooth gradient with one dark bar: a feature a warp can move."""
+    yy, xx = np.mgrid[0:200, 0:200]
+    pixels = (xx + yy) / 400 * 100 + 80
+    pixels[90:110, 60:140] = 30
+    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
+
+
+def test_seam_score_sees_a_step_in_a_flat_area_but_not_a_moved_feature():
+    from emodiff.photo_evaluation import seam_score
+
+    photo = _smooth_photo_with_a_feature()
+    pixels = np.asarray(photo).astype(int)
+    assert seam_score(photo, photo) == 0.0
+    seamed = pixels.copy()
+    seamed[40:160, 20:180] += 12  # a pasted patch: a 12-level step where the photo is flat
+    moved = pixels.copy()
+    moved[88:112, 60:140] = np.asarray(_smooth_photo_with_a_feature())[88:112, 60:140]
+    moved[86:106, 60:140] = 30  # the bar moved up 4 pixels: large changes, all along the photo's own edges
+    shaded = pixels + (np.mgrid[0:200, 0:200][0] / 200 * 10).astype(int)[..., None]  # a smooth shading change
+    score = lambda a: seam_score(photo, Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)))  # noqa: E731
+    assert score(seamed) >= 10
+    assert score(moved) <= 1.0 and score(shaded) <= 1.0
+
+
+def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_the_face(model_dir, tmp_path, photo_path):
+    import json
+
+    out = tmp_path / "photos"
+    assert main(["evaluate-photos", str(photo_path), "--model", str(model_dir), "--out", str(out), "--steps", "2", "--seed", "0", "--device", "cpu"]) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    assert result["metrics"]["edits"] == 7 and len(result["rows"]) == 7
+    assert result["metrics"]["outside_changed"] == 0
+    assert all(0 <= r["identity_distance"] < 2 and r["seam"] >= 0 for r in result["rows"])
+    sheet = Image.open(out / "contact_sheet.png")
+    assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7

@@ -308,6 +308,26 @@ def _cmd_reproduce_table1(args) -> int:
     return 0
 
 
+def _cmd_evaluate_photos(args) -> int:
+    from .editing import expand_inputs
+    from .encoders import EmotionJudge, load_encoder
+    from .photo_evaluation import evaluate_photos, write_photo_report
+
+    paths, problems = expand_inputs(args.photos)
+    if problems or not paths:
+        raise ValueError("; ".join(problems) or "no photos given")
+    judge = load_encoder(args.judge)
+    if not isinstance(judge, EmotionJudge):
+        raise ValueError(f"--judge {args.judge}: a {type(judge).__name__}, expected an EmotionJudge")
+    pipeline = _pipeline(args)
+    evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judge.to(pipeline.device), seed=args.seed)
+    write_photo_report(evaluation, Path(args.out), _command_line())
+    m = evaluation.metrics
+    print(f"macro F1 {m['macro_f1']:.3f}, identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
+          f"pixels changed outside the faces {m['outside_changed']}; report in {args.out}")
+    return 0
+
+
 def _cmd_demo(args) -> int:
     import time
 
@@ -448,6 +468,19 @@ def build_parser() -> argparse.ArgumentParser:
         "judge features to real faces of the target emotion; mean pixel change; time per face. Writes OUT/report.md, "
         "OUT/metrics.json, OUT/grid.png and OUT/confusion.png.", [model, evaluation, edit],
     )  # fmt: skip
+
+    p = command(
+        "evaluate-photos", _cmd_evaluate_photos, "measure photo edits: identity at the photo's resolution, emotion, seams, containment",
+        "Edit the largest face of each photo to all 7 emotions and measure every edited photo: dlib's face-descriptor "
+        "distance to the input face at the photo's resolution (identity kept below 0.6), the judge's verdict on the face "
+        "re-cropped from the edited photo (per-emotion F1), a seam score (the 99.9th percentile of the change's gradient "
+        "where the input is flat, in grey levels per pixel; 0 for an unedited photo) and the pixels changed outside the "
+        "face (must be 0). Writes OUT/report.md, OUT/metrics.json and OUT/contact_sheet.png (each photo's face and its 7 edits).",
+        [model, edit, device],
+    )  # fmt: skip
+    p.add_argument("photos", nargs="+", help="photos, or folders of them (e.g. ../shared/photos)")
+    p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
+    p.add_argument("--out", required=True, help="output directory")
 
     p = command(
         "sweep", _cmd_sweep, "evaluate a grid of edit settings and choose the best one",

@@ -32,9 +32,9 @@ EYE_DISTANCE = 0.362  # distance between the eye centres, as a fraction of the s
 # The pasted region: an ellipse over brows, eyes, mouth and chin (centre x, y and radii, fractions of
 # the crop's side), feathered by a Gaussian of FEATHER sides, and a window that falls to zero over
 # the outer BORDER of the crop, so the change fades out inside the crop and never steps at its edge.
-FACE_ELLIPSE = (0.5, 0.53, 0.37, 0.41)
-FEATHER = 0.05
-BORDER = 0.12
+FACE_ELLIPSE = (0.5, 0.55, 0.40, 0.50)
+FEATHER = 0.07
+BORDER = 0.10
 CROP_LIMIT = 64  # inputs no larger than this on both sides are taken as face crops already
 MIN_SIDE = 16  # smaller inputs hold no face worth editing
 PHOTO_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}  # photos are written back in these formats; others as PNG
@@ -57,6 +57,13 @@ class Face:
     @property
     def area(self) -> int:
         return (self.box[2] - self.box[0]) * (self.box[3] - self.box[1])
+
+    def inside_crop(self, xs: np.ndarray, ys: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
+        """Which photo pixels (centres at xs + 0.5, ys + 0.5) fall inside the face's crop square."""
+        a, b, c, d, e, f = self.crop_to_photo(size)
+        x, y, det = xs + 0.5 - c, ys + 0.5 - f, a * e - b * d
+        u, v = (e * x - b * y) / det, (-d * x + a * y) / det
+        return (u >= 0) & (u < size) & (v >= 0) & (v < size)
 
     def crop_to_photo(self, size: int = IMAGE_SIZE) -> tuple[float, ...]:
         """Affine coefficients (a, b, c, d, e, f): crop pixel (u, v) -> photo (a u + b v + c, d u + e v + f)."""
@@ -263,7 +270,7 @@ def _feathered_mask(size: int) -> np.ndarray:
     ImageDraw.Draw(mask).ellipse([(cx - rx) * 4, (cy - ry) * 4, (cx + rx) * 4, (cy + ry) * 4], fill=255)
     mask = mask.filter(ImageFilter.GaussianBlur(size * 4 * FEATHER))
     ellipse = np.asarray(mask.resize((size, size), Image.LANCZOS), dtype=np.float32) / 255
-    to_edge = np.minimum(np.arange(size) + 0.5, size - 0.5 - np.arange(size)) / (BORDER * size)
+    to_edge = np.minimum(np.arange(size), size - 1 - np.arange(size)) / (BORDER * size)  # 0 on the edge pixels
     ramp = np.clip(to_edge, 0, 1)
     ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no kink where the window reaches 1
     return ellipse * ramp[:, None] * ramp[None, :]
@@ -299,7 +306,9 @@ def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarr
     else:  # the luminance-carrying channels: L of LA, or all of R, G, B
         view = pixels[top:bottom, left:right, : 1 if photo.mode == "LA" else 3]
     updated = np.clip(np.rint(view.astype(np.float32) + delta), 0, 255).astype(np.uint8)
-    touched = np.broadcast_to(np.abs(delta) >= 0.5, view.shape)
+    ys, xs = np.mgrid[top:bottom, left:right]
+    inside = face.inside_crop(xs, ys, size)[..., None]  # the resampling kernel reaches a pixel past the square
+    touched = np.broadcast_to((np.abs(delta) >= 0.5) & inside, view.shape)
     view[touched] = updated[touched]  # untouched pixels keep their exact values
     return Image.fromarray(pixels)
 
