@@ -23,7 +23,7 @@ from PIL import Image
 from .assets import face_box, sample_faces, sample_photos, view
 from .files import image_format, save_image
 from .labels import EMOTIONS
-from .photos import PhotoError, Preparer, load_photo, save_options
+from .photos import PhotoError, Preparer, load_photo, output_suffix, save_options
 from .settings import EditSettings
 
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
@@ -89,7 +89,7 @@ class EditService:
 
     @staticmethod
     def _downloads(folder: Path, upload: Path, prepared, results, chosen: list[str]) -> list[str]:
-        suffix, files = prepared.output_suffix(upload), []
+        suffix, files = output_suffix(upload, is_photo=prepared.faces is not None), []
         for name in chosen:
             target = folder / f"{upload.stem}_{name}{suffix}"
             result = results[EMOTIONS.index(name)]

@@ -112,15 +112,14 @@ def plan_outputs(paths: list[Path], job: EditJob, names: list[str]) -> tuple[lis
         except (OSError, ValueError) as error:
             problems.append(_problem(path, error))
             continue
-        is_crop = not job.detect or (size[0] <= photos.CROP_LIMIT and size[1] <= photos.CROP_LIMIT)
-        suffix = ".png" if is_crop or path.suffix.lower() not in photos.PHOTO_SUFFIXES else path.suffix.lower()
-        plans.append(Planned(path, stem, suffix, is_crop))
-    out = Path(job.out)
+        is_crop = not job.detect or photos.is_face_crop(size)
+        plans.append(Planned(path, stem, photos.output_suffix(path, is_photo=not is_crop), is_crop))
+    planned = [Path(job.out) / name for plan in plans for name in output_names(plan, names, job)]
     inputs = {p.resolve() for p in paths}
-    clashes = [out / name for plan in plans for name in output_names(plan, names, job) if (out / name).resolve() in inputs]
+    clashes = [path for path in planned if path.resolve() in inputs]
     if clashes:
         raise FileExistsError(f"{clashes[0]} is an input of this run: choose another --out so no input is written over")
-    existing = [out / name for plan in plans for name in output_names(plan, names, job) if (out / name).exists()]
+    existing = [path for path in planned if path.exists()]
     if existing and not job.overwrite:
         more = f" and {len(existing) - 1} more" if len(existing) > 1 else ""
         raise FileExistsError(f"{existing[0]}{more} already exist: pass --overwrite to replace them, or choose another --out")

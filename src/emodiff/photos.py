@@ -191,8 +191,15 @@ def as_image(image) -> Image.Image:
     return image
 
 
-def is_face_crop(image: Image.Image) -> bool:
-    return image.width <= CROP_LIMIT and image.height <= CROP_LIMIT
+def is_face_crop(size: tuple[int, int]) -> bool:
+    """An image of this (width, height) is a face crop, used whole; a larger one is a photo."""
+    return size[0] <= CROP_LIMIT and size[1] <= CROP_LIMIT
+
+
+def output_suffix(path: Path, is_photo: bool) -> str:
+    """Face crops become PNG; photos keep their format (JPEG, PNG, WebP), others become PNG."""
+    suffix = Path(path).suffix.lower()
+    return suffix if is_photo and suffix in PHOTO_SUFFIXES else ".png"
 
 
 # ----------------------------------------------------------------------------- framing
@@ -233,10 +240,6 @@ class Prepared:
             results.append(result)
         return results
 
-    def output_suffix(self, path: Path) -> str:
-        """Face crops become PNG; photos keep their format (JPEG, PNG, WebP), others become PNG."""
-        suffix = Path(path).suffix.lower()
-        return suffix if self.faces is not None and suffix in PHOTO_SUFFIXES else ".png"
 
 
 class Preparer:
@@ -248,7 +251,7 @@ class Preparer:
         self._lock = threading.Lock()
 
     def __call__(self, image: Image.Image) -> Prepared:
-        if not self.detect or is_face_crop(image):
+        if not self.detect or is_face_crop(image.size):
             gray = image.convert("L")
             return Prepared(gray, np.asarray(gray.resize((IMAGE_SIZE, IMAGE_SIZE), Image.BICUBIC))[None])
         with self._lock:  # one finder, made on first use

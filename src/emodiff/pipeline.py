@@ -106,7 +106,7 @@ class EmotionEditPipeline:
             denoiser = EmotionDenoiser.from_pretrained(directory / "denoiser", torch_dtype=torch.float32, use_safetensors=True)
             stored = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
             encoder = load_encoder(directory / "encoder") if denoiser.uses_code else None
-        except (OSError, ValueError, EnvironmentError) as error:
+        except (OSError, ValueError) as error:  # unreadable files; a corrupt safetensors file raises ValueError
             raise ModelLoadError(f"{directory}: cannot load this model directory ({error})") from None
         by_class = {c.__name__: c for c in SCHEDULERS.values()}
         template = by_class.get(stored.get("_class_name"), DDIMScheduler).from_config(stored)
