@@ -85,7 +85,9 @@ class EditService:
             save_image(Image.fromarray(view(result, box)), cell)
             strip.append((str(cell), name))
         files = self._downloads(folder, Path(path), prepared, results, chosen)
-        return files[0], (path, files[0]), strip, files
+        before = folder / f"input{Path(files[0]).suffix}"  # upright, as the edit is: the upload may be stored turned
+        save_image(image, before, save_options(image, image_format(before)))
+        return files[0], (str(before), files[0]), strip, files
 
     @staticmethod
     def _downloads(folder: Path, upload: Path, prepared, results, chosen: list[str]) -> list[str]:

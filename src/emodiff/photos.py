@@ -162,9 +162,7 @@ def as_8bit(image: Image.Image) -> Image.Image:
         return scaled
     if image.mode == "F":
         raise PhotoError("floating-point image: save it as an 8- or 16-bit PNG or a JPEG")
-    converted = image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")
-    converted.info = dict(image.info)
-    return converted
+    return image.convert("RGBA" if "A" in image.getbands() or "transparency" in image.info else "RGB")  # info travels
 
 
 def check_size(image: Image.Image) -> None:
