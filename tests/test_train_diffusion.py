@@ -92,3 +92,26 @@ def test_distributed_training_with_two_cpu_processes(fer_csv, tmp_path):
     assert "2 processes (MULTI_CPU)" in result.stdout
     assert result.stdout.count("saved in") == 1  # only the main process reports
     assert (out / "denoiser" / "diffusion_pytorch_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_init_continues_a_trained_model_and_cosine_decays_the_learning_rate_to_zero(fer_csv, tmp_path):
+    import csv
+
+    tiny = dict(block_out_channels=(16, 32), layers_per_block=1, attention_levels=(False, False), device="cpu", batch_size=32)
+    first = tmp_path / "first"
+    train_diffusion(DiffusionTrainConfig(cond="label", data=str(fer_csv), out=str(first), images=64, **tiny))
+    second = tmp_path / "second"
+    config = DiffusionTrainConfig(
+        cond="label", data=str(fer_csv), out=str(second), images=320, init=str(first), lr_schedule="cosine",
+        warmup_images=32, log_every=1, **{**tiny, "block_out_channels": (8, 16)},
+    )  # fmt: skip
+    result = train_diffusion(config)
+    assert result["images_seen"] == 320
+    trained = EmotionEditPipeline.from_pretrained(second, device="cpu").denoiser
+    assert tuple(trained.config.block_out_channels) == (16, 32)  # the architecture is the init model's
+    with open(second / "metrics.csv") as handle:
+        rates = [float(row["lr"]) for row in csv.DictReader(handle)]
+    assert max(rates) > 1e-4 and rates[-1] < 1e-6  # warmed up, then decayed to zero at the budget
+    with pytest.raises(ValueError, match="--cond"):
+        train_diffusion(DiffusionTrainConfig(cond="vae", data=str(fer_csv), out=str(tmp_path / "x"), init=str(first), **tiny))
