@@ -210,7 +210,8 @@ def test_a_model_directory_with_only_pickled_weights_is_refused(tmp_path, model_
     pickled = tmp_path / "pickled"
     shutil.copytree(model_dir, pickled)
     weights = pickled / "denoiser" / "diffusion_pytorch_model.safetensors"
-    torch.save({}, pickled / "denoiser" / "diffusion_pytorch_model.bin")
+    real = EmotionEditPipeline.from_pretrained(model_dir, device="cpu").denoiser.state_dict()
+    torch.save(real, pickled / "denoiser" / "diffusion_pytorch_model.bin")  # loadable, were pickles allowed
     weights.unlink()
     with pytest.raises(ValueError, match="cannot load"):
         EmotionEditPipeline.from_pretrained(pickled, device="cpu")
