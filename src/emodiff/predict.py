@@ -4,7 +4,6 @@ photos are found and framed exactly as ``emodiff edit`` frames them (``photos.Pr
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import numpy as np
 
