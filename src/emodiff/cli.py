@@ -143,9 +143,10 @@ def _command_line() -> str:
 
 
 def _pipeline(args: argparse.Namespace):
-    from .pipeline import EmotionEditPipeline
+    """The editor in --model: a diffusion model directory, or a GAN one from train-gan."""
+    from .pipeline import load_editor
 
-    return EmotionEditPipeline.from_pretrained(args.model, scheduler=args.scheduler, device=args.device)
+    return load_editor(args.model, scheduler=args.scheduler, device=args.device)
 
 
 def _cmd_train_encoder(args) -> int:
@@ -164,6 +165,15 @@ def _cmd_train(args) -> int:
     result = train_diffusion(_config(DiffusionTrainConfig, args, block_out_channels=args.channels, attention_levels=attention))
     if result["is_main"]:
         print(f"{args.cond}: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
+    return 0
+
+
+def _cmd_train_gan(args) -> int:
+    from .training import GanTrainConfig, train_gan
+
+    result = train_gan(_config(GanTrainConfig, args))
+    if result["is_main"]:
+        print(f"gan: {result['images_seen']} images seen in {result['minutes']:.1f} min, saved in {args.out}")
     return 0
 
 
@@ -220,10 +230,10 @@ def _cmd_export(args) -> int:
     from .runs import METRICS, TRAINING_CONFIG
 
     source, out = Path(args.model), Path(args.out)
-    if (source / "denoiser").is_dir():
-        from .pipeline import EmotionEditPipeline
+    if (source / "denoiser").is_dir() or (source / "generator").is_dir():
+        from .pipeline import load_editor
 
-        EmotionEditPipeline.from_pretrained(source, device="cpu").save_pretrained(out, fp16=args.fp16)
+        load_editor(source, device="cpu").save_pretrained(out, fp16=args.fp16)
     else:
         from .encoders import load_encoder
 
@@ -263,21 +273,23 @@ def _cmd_sweep(args) -> int:
 
     from .evaluation import choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
-    from .pipeline import EmotionEditPipeline
+    from .pipeline import EmotionEditPipeline, load_editor
 
     grid = []
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
                 grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail))
-    pipelines = {m or "shipped": EmotionEditPipeline.from_pretrained(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
+    editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     inputs, split, judge, identity = _evaluation_inputs(args)
     rows = []
-    for (name, pipeline), settings in itertools.product(pipelines.items(), grid):
+    for (name, pipeline), settings in itertools.product(editors.items(), grid):
+        if not isinstance(pipeline, EmotionEditPipeline) and settings != grid[0]:
+            continue  # a GAN has no edit settings: one row is all it has
         print(f"{name}: {settings}", flush=True)
         editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
         metrics = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split, progress=False).metrics
-        rows.append(summary_row(name, settings, metrics))
+        rows.append(summary_row(name, settings if isinstance(pipeline, EmotionEditPipeline) else None, metrics))
     chosen, rule = choose_setting(rows)
     out = Path(args.out)
     atomic_write(out / "sweep.json", lambda t: t.write_text(json.dumps({"rows": rows, "chosen": chosen, "rule": rule}, indent=2)))
@@ -408,6 +420,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample-minutes", type=float, default=30.0, help="minutes between sample grids in OUT/samples (one more at the end; default: 30)")
 
     p = command(
+        "train-gan", _cmd_train_gan, "train the StarGAN-style editor, the GAN peer of the diffusion model",
+        "Train a StarGAN-style expression editor on the Training split: a generator taking the face and the target "
+        "emotion (one-hot planes) and a spectrally normalised discriminator with a real/fake head and an emotion head; "
+        "hinge adversarial loss, emotion classification, cycle reconstruction (and optionally an identity term). Writes "
+        "a model directory usable by 'emodiff edit --model OUT' (and evaluate, sweep, reproduce-table1) after every "
+        "checkpoint: generator/ (EMA weights), metrics.csv, samples/*.png (held-out faces edited to every emotion), "
+        "training_config.json and checkpoint.safetensors (for --resume).", [training],
+    )  # fmt: skip
+    budget = p.add_mutually_exclusive_group()
+    budget.add_argument("--images", type=int, default=None, help="budget in training images seen (default: 600000, the shipped diffusion model's)")
+    budget.add_argument("--minutes", type=float, default=None, help="budget in minutes of training, summed over resumes")
+    p.add_argument("--batch-size", type=int, default=64, help="training images per step over all processes (default: 64)")
+    p.add_argument("--lr-generator", type=float, default=1e-4, help="Adam learning rate of the generator (default: 1e-4)")
+    p.add_argument("--lr-discriminator", type=float, default=2e-4, help="Adam learning rate of the discriminator (default: 2e-4)")
+    p.add_argument("--cycle-weight", type=float, default=10.0, help="weight of the cycle reconstruction L1 (default: 10, StarGAN's)")
+    p.add_argument("--identity-weight", type=float, default=0.0, help="weight of L1(G(face, own emotion), face) (default: 0)")
+    p.add_argument("--generator-channels", type=_int_list, default=(32, 64, 128), help="generator widths per level (default: 32,64,128)")
+    p.add_argument("--residual-blocks", type=int, default=4, help="residual blocks at the generator's lowest resolution (default: 4)")
+
+    p = command(
         "edit", _cmd_edit, "change the expression of face images to chosen emotions",
         "Edit each IMAGE to every emotion in --to. A face crop (up to 64x64) is edited whole and written as "
         "OUT/<stem>_<emotion>.png, 8-bit grayscale at its size. In a photo (larger, any format, colour or not, EXIF "
@@ -453,10 +485,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command(
         "export", _cmd_export, "copy a trained model directory without its training state, optionally in fp16",
-        "Write the loadable part of a model directory (an encoder, or a diffusion model's denoiser/, encoder/ and "
-        "scheduler/) and the run's record (metrics.csv, training_config.json) to OUT, dropping the checkpoint and samples.",
+        "Write the loadable part of a model directory (an encoder, a diffusion model's denoiser/, encoder/ and "
+        "scheduler/, or a GAN's generator/) and the run's record (metrics.csv, training_config.json) to OUT, dropping the checkpoint and samples.",
     )  # fmt: skip
-    p.add_argument("model", help="trained model directory (from train-encoder or train)")
+    p.add_argument("model", help="trained model directory (from train-encoder, train or train-gan)")
     p.add_argument("out", help="directory to write")
     p.add_argument("--fp16", action="store_true", help="store weights in half precision (half the size)")
 
@@ -513,6 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", metavar="VARIANT=DIR", help="use these trained model directories instead of training, e.g. label=runs/label")
     p.add_argument("--resume", action="store_true", help="continue a reproduction in --out")
     p.add_argument("--paper-steps", type=int, default=50, help="DDIM steps of the paper-protocol rows (default: 50)")
+    p.add_argument("--gan", default=None, help="also evaluate this trained GAN model directory (from train-gan) on the same faces: the StarGAN-style row")
 
     p = command(
         "demo", _cmd_demo, "edit the bundled sample faces and photo to all 7 emotions, into one grid PNG",

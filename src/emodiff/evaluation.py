@@ -300,8 +300,9 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
+        knobs = ("–",) * 4 if r["mode"] == "gan" else (r["strength"], r["guidance"], r["steps"], "on" if r["keep_detail"] else "off")
         lines.append(
-            f"| {r['model']}{mark} | {r['mode']} | {r['strength']} | {r['guidance']} | {r['steps']} | {'on' if r['keep_detail'] else 'off'} | {r['macro_f1']:.3f} "
+            f"| {r['model']}{mark} | {r['mode']} | {' | '.join(map(str, knobs))} | {r['macro_f1']:.3f} "
             f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {r['seconds_per_input']:.3f} |"
         )
     lines += ["", f"Choice rule: {rule}."]
@@ -321,7 +322,8 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
         label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "")
         axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
-            axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
+            if r["mode"] != "gan":
+                axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
     axes.scatter([chosen["identity_kept"]], [chosen["macro_f1"]], s=160, facecolors="none", edgecolors="red", label="chosen")
     axes.axvline(0.9, color="gray", linestyle=":", linewidth=1)
     axes.set_xlabel(f"identity kept (fraction of edits with dlib distance < {IDENTITY_THRESHOLD})")
@@ -334,13 +336,14 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
 
 
 def summary_row(model: str, settings, metrics: dict) -> dict:
+    """One sweep row; ``settings`` None for an editor without any (a GAN)."""
     return {
         "model": model,
-        "mode": settings.mode,
-        "strength": settings.strength,
-        "guidance": settings.guidance,
-        "steps": settings.steps,
-        "keep_detail": settings.keep_detail,
+        "mode": settings.mode if settings else "gan",
+        "strength": settings and settings.strength,
+        "guidance": settings and settings.guidance,
+        "steps": settings and settings.steps,
+        "keep_detail": bool(settings and settings.keep_detail),
         "macro_f1": metrics["emotion"]["macro_f1"],
         "identity_kept": metrics["identity"]["kept_fraction"],
         "identity_median": metrics["identity"]["median_distance"],

@@ -21,6 +21,7 @@ the source emotion to the input, so detail the model cannot reproduce stays the 
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import hashlib
 import inspect
@@ -73,7 +74,58 @@ def _clip_key(scheduler_class) -> str:
     return "clip_sample" if "clip_sample" in inspect.signature(scheduler_class).parameters else "thresholding"
 
 
-class EmotionEditPipeline:
+class FaceEditor(abc.ABC):
+    """What every editor shares: crops and photos in, edited images out, through one photo path.
+
+    A subclass gives ``edit_faces`` (uint8 48x48 faces -> their edits), ``device`` and ``to``; the
+    diffusion pipeline and the GAN (``gan.GanEditor``) are two such editors, so ``emodiff edit``,
+    the evaluations and the web app take either.
+    """
+
+    @abc.abstractmethod
+    def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0) -> np.ndarray:
+        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48)."""
+
+    def edit(self, images, targets, *, source=None, face: str = "largest", settings: EditSettings | None = None, seed: int = 0, **overrides):
+        """Edit face crops or photos to target emotion(s); returns PIL images at each input's size.
+
+        ``images``: one image or a list (PIL, or uint8 arrays (H, W), (H, W, 3), (H, W, 4)); an
+        input up to 64x64 is a face crop, a larger one a photo whose ``face`` (largest, all, or an
+        index from the left) is found, edited and put back, exactly as ``emodiff edit`` does.
+        ``targets``: one emotion (name or 0..6) or a list; ``source``: the inputs' true emotion(s)
+        for ``invert`` mode (default: predicted). One image gives a list over targets, a list of
+        images a list of such lists; a single target drops that level too. ``overrides`` are
+        EditSettings fields (mode, strength, ...).
+        """
+        from . import photos
+
+        settings = dataclasses.replace(settings or EditSettings(), **overrides)
+        single_image, single_target = not isinstance(images, (list, tuple)), not isinstance(targets, (list, tuple))
+        labels = [parse_emotion(t) for t in ([targets] if single_target else targets)]
+        prepare = photos.Preparer(face)
+        prepared = [prepare(photos.as_image(image)) for image in ([images] if single_image else images)]
+        if source is not None:
+            per_input = source if isinstance(source, (list, tuple)) else [source] * len(prepared)
+            sources = [parse_emotion(s) for s, p in zip(per_input, prepared) for _ in range(len(p.crops))]
+        else:
+            sources = None
+        results, _, _ = self.edit_prepared(prepared, labels, settings, source_labels=sources, seed=seed)
+        results = [row[0] if single_target else row for row in results]
+        return results[0] if single_image else results
+
+    def edit_prepared(self, prepared: list, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0):
+        """Edit the faces of several prepared inputs (``photos.Prepared``) in one batch.
+
+        Returns the output images (per input, per target), the edited crops (all faces, T, 48, 48)
+        and the offsets of each input's faces in them.
+        """
+        crops = np.concatenate([p.crops for p in prepared])
+        edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed)
+        bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
+        return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
+
+
+class EmotionEditPipeline(FaceEditor):
     def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None):
         if denoiser.uses_code and encoder is None:
             raise ValueError(f"a {denoiser.config.cond!r} denoiser needs its semantic encoder")
@@ -139,45 +191,7 @@ class EmotionEditPipeline:
             self._classifier = own or load_encoder("cnn").to(self.device)
         return self._classifier
 
-    # ------------------------------------------------------------------ public API
-
-    def edit(self, images, targets, *, source=None, face: str = "largest", settings: EditSettings | None = None, seed: int = 0, **overrides):
-        """Edit face crops or photos to target emotion(s); returns PIL images at each input's size.
-
-        ``images``: one image or a list (PIL, or uint8 arrays (H, W), (H, W, 3), (H, W, 4)); an
-        input up to 64x64 is a face crop, a larger one a photo whose ``face`` (largest, all, or an
-        index from the left) is found, edited and put back, exactly as ``emodiff edit`` does.
-        ``targets``: one emotion (name or 0..6) or a list; ``source``: the inputs' true emotion(s)
-        for ``invert`` mode (default: predicted). One image gives a list over targets, a list of
-        images a list of such lists; a single target drops that level too. ``overrides`` are
-        EditSettings fields (mode, strength, ...).
-        """
-        from . import photos
-
-        settings = dataclasses.replace(settings or EditSettings(), **overrides)
-        single_image, single_target = not isinstance(images, (list, tuple)), not isinstance(targets, (list, tuple))
-        labels = [parse_emotion(t) for t in ([targets] if single_target else targets)]
-        prepare = photos.Preparer(face)
-        prepared = [prepare(photos.as_image(image)) for image in ([images] if single_image else images)]
-        if source is not None:
-            per_input = source if isinstance(source, (list, tuple)) else [source] * len(prepared)
-            sources = [parse_emotion(s) for s, p in zip(per_input, prepared) for _ in range(len(p.crops))]
-        else:
-            sources = None
-        results, _, _ = self.edit_prepared(prepared, labels, settings, source_labels=sources, seed=seed)
-        results = [row[0] if single_target else row for row in results]
-        return results[0] if single_image else results
-
-    def edit_prepared(self, prepared: list, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0):
-        """Edit the faces of several prepared inputs (``photos.Prepared``) in one batch.
-
-        Returns the output images (per input, per target), the edited crops (all faces, T, 48, 48)
-        and the offsets of each input's faces in them.
-        """
-        crops = np.concatenate([p.crops for p in prepared])
-        edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed)
-        bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
-        return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
+    # ------------------------------------------------------------------ sampling and editing
 
     @torch.inference_mode()
     def sample(self, emotion, n: int = 1, *, steps: int = 50, guidance: float = 3.0, seed: int = 0) -> list[Image.Image]:
@@ -307,3 +321,13 @@ class EmotionEditPipeline:
             clean = (x - (1 - alpha_prev).sqrt() * eps) / alpha_prev.sqrt()
             x, alpha_prev = alpha.sqrt() * clean + (1 - alpha).sqrt() * eps, alpha
         return x
+
+
+def load_editor(directory: str | Path | None = None, *, scheduler: str | None = None, device: str = "auto") -> FaceEditor:
+    """The editor a model directory holds: a GAN (``generator/``) or a diffusion model (``denoiser/``,
+    default: the shipped one); ``scheduler`` applies to diffusion models only."""
+    if directory is not None and (Path(directory) / "generator" / "config.json").is_file():
+        from .gan import GanEditor
+
+        return GanEditor.from_pretrained(directory, device=device)
+    return EmotionEditPipeline.from_pretrained(directory, scheduler=scheduler, device=device)

@@ -29,6 +29,8 @@ PAPER_TABLE1 = {  # per-emotion F1, angry..neutral, as printed in the paper
     "vae": (0.33, 0.15, 0.26, 0.56, 0.32, 0.42, 0.30),
 }
 
+GAN_ROW, GAN_PROTOCOL = "StarGAN-style, trained here", "one forward pass"
+
 
 @dataclass
 class Table1Config:
@@ -36,6 +38,7 @@ class Table1Config:
     out: str
     images: int = 600_000  # training budget per variant, in images seen
     models: dict[str, str] = field(default_factory=dict)  # variant -> trained model dir, used instead of training
+    gan: str | None = None  # a trained GAN model dir (train-gan): the StarGAN-style row on the same faces
     train: dict = field(default_factory=dict)  # DiffusionTrainConfig fields shared by the three runs
     settings: EditSettings = field(default_factory=EditSettings)  # the "emodiff defaults" rows
     paper_steps: int = 50  # DDIM steps of the paper-protocol rows (the paper's 1000 DDPM steps take hours on CPU)
@@ -119,6 +122,8 @@ def _check(config: Table1Config) -> None:
             raise ValueError(f"--models {variant}={directory}: unknown variant, expected one of {', '.join(CONDITIONS)}")
         if not (Path(directory) / "denoiser" / "config.json").is_file():
             raise FileNotFoundError(f"--models {variant}={directory}: not a model directory (no denoiser/config.json)")
+    if config.gan and not (Path(config.gan) / "generator" / "config.json").is_file():
+        raise FileNotFoundError(f"--gan {config.gan}: not a GAN model directory (no generator/config.json; train one with 'emodiff train-gan')")
 
 
 def train_variants(config: Table1Config) -> dict[str, Path]:
@@ -148,10 +153,10 @@ def table1_markdown(rows: list[dict], real: dict, runs: dict[str, dict], protoco
     lines = ["# Table 1 reproduced: per-emotion F1 of the judge on edits, and what the paper did not measure", ""]
     if command:
         lines += ["```", command, "```", ""]
-    header = ["row", *EMOTIONS, "macro F1", "identity kept (<0.6)", "median identity", "Fréchet (judge)", "pixel change"]
+    header = ["row", *EMOTIONS, "macro F1", "identity kept (<0.6)", "median identity", "Fréchet (judge)", "pixel change", "s/face"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for variant, f1 in PAPER_TABLE1.items():
-        cells = [f"paper: {variant}", *(f"{v:.2f}" for v in f1), f"{np.mean(f1):.3f}", "–", "–", "–", "–"]
+        cells = [f"paper: {variant}", *(f"{v:.2f}" for v in f1), f"{np.mean(f1):.3f}", "–", "–", "–", "–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
     for row in rows:
         m = row["metrics"]
@@ -164,19 +169,21 @@ def table1_markdown(rows: list[dict], real: dict, runs: dict[str, dict], protoco
             f"{m['identity']['median_distance']:.3f}",
             "–" if fd is None else f"{fd:.2f}",
             f"{m['change']['mean_abs_pixel']:.1f}",
+            f"{m['seconds_per_input']:.3f}",
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    cells = ["judge on the real inputs", *(f"{real['f1'][name]:.2f}" for name in EMOTIONS), f"{real['macro_f1']:.3f}", "100%", "0", "–", "0"]
+    cells = ["judge on the real inputs", *(f"{real['f1'][name]:.2f}" for name in EMOTIONS), f"{real['macro_f1']:.3f}", "100%", "0", "–", "0", "–"]
     lines.append("| " + " | ".join(cells) + " |")
     count = rows[0]["metrics"]["inputs"] if rows else 0
     lines += [
         "",
         f"{count} inputs ({count // len(EMOTIONS)} per source emotion), each edited to all 7 emotions. "
         + "; ".join(f"**{name}**: {describe(settings)}" for name, settings in protocols.items())
+        + ("; **one forward pass**: the GAN's generator, target emotion in, no settings" if any(r["protocol"] == GAN_PROTOCOL for r in rows) else "")
         + ". The paper's rows come from its own classifier; ours from emodiff's judge, whose F1 on the real "
         "inputs (last row) shows how strict it is. Identity: dlib face-descriptor distance to the input (same "
         "person below 0.6). Fréchet distance in judge features to real faces of the target emotion (lower is "
-        "more realistic). Per-row reports, grids and confusion matrices: `evaluations/<protocol>-<variant>/`; training loss against images seen: `training_curves.png`.",
+        "more realistic). s/face: seconds to edit one input to all 7 emotions, on the hardware of this run. Per-row reports, grids and confusion matrices: `evaluations/<protocol>-<variant>/`; training loss against images seen: `training_curves.png`.",
         "",
         "## Runs",
         "",
@@ -191,6 +198,7 @@ def table1_markdown(rows: list[dict], real: dict, runs: dict[str, dict], protoco
 
 def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
     """Train (or resume, or take) the three variants, evaluate each both ways, write table1.md/.json."""
+    from .gan import GanEditor
     from .pipeline import EmotionEditPipeline
 
     _check(config)
@@ -208,9 +216,17 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
             slug = protocol.replace(" ", "-")
             write_report(evaluation, out / "evaluations" / f"{slug}-{variant}", f"{variant}, {protocol} ({describe(settings)})")
             rows.append({"variant": variant, "protocol": protocol, "settings": asdict(settings), "metrics": evaluation.metrics})
+    if config.gan:
+        print(f"evaluating {GAN_ROW}, {GAN_PROTOCOL}", flush=True)
+        gan = GanEditor.from_pretrained(config.gan, device=config.device)
+        editor = lambda faces, targets: gan.edit_faces(faces, targets)  # noqa: E731
+        evaluation = evaluate_editor(editor, inputs, judge.to(gan.device), identity, reference=split)
+        write_report(evaluation, out / "evaluations" / "gan", f"{GAN_ROW}, {GAN_PROTOCOL}")
+        rows.append({"variant": GAN_ROW, "protocol": GAN_PROTOCOL, "settings": None, "metrics": evaluation.metrics})
+        models[GAN_ROW] = Path(config.gan)
     real = rows[0]["metrics"]["real_inputs"]
     runs = {variant: run_record(model) for variant, model in models.items()}
-    write_training_curves(models, out / "training_curves.png")
+    write_training_curves({v: m for v, m in models.items() if v != GAN_ROW}, out / "training_curves.png")
     atomic_write(out / "table1.md", lambda t: t.write_text(table1_markdown(rows, real, runs, protocols, command)))
     summary = {"paper": PAPER_TABLE1, "rows": rows, "real_inputs": real, "runs": runs}
     atomic_write(out / "table1.json", lambda t: t.write_text(json.dumps(summary, indent=2)))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine_schedule_with_warmup
 from torch import nn
 from tqdm.auto import tqdm
@@ -374,6 +375,168 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
             window.append(loss.item())
             bar.update(1)
             bar.set_postfix(loss=f"{loss.item():.4f}")
+            if step % config.log_every == 0:
+                log_window()
+            if run.checkpoint_due():
+                save()
+    bar.close()
+    save(final=True)
+    accelerator.end_training()
+    return {"step": step, "images_seen": step * batch_size, "minutes": run.minutes(), "is_main": run.is_main}
+
+
+# ----------------------------------------------------------------------------- GAN peer
+
+
+@dataclass
+class GanTrainConfig:
+    data: str
+    out: str
+    images: int | None = None  # budget in training images seen (default 600k, the shipped diffusion model's, when no minutes)
+    minutes: float | None = None  # or a wall-clock budget, summed over resumes
+    batch_size: int = 64
+    lr_generator: float = 1e-4
+    lr_discriminator: float = 2e-4
+    classification_weight: float = 1.0  # StarGAN's lambda_cls
+    cycle_weight: float = 10.0  # StarGAN's lambda_rec: G(G(x, target), source) = x
+    identity_weight: float = 0.0  # G(x, source) = x: editing to its own emotion returns the face
+    ema_decay: float = 0.999
+    generator_channels: tuple[int, ...] = (32, 64, 128)
+    residual_blocks: int = 4
+    discriminator_channels: tuple[int, ...] = (32, 64, 128, 256)
+    seed: int = 0
+    device: str = "auto"
+    checkpoint_minutes: float = 5.0
+    log_every: int = 50
+    skip_bad: bool = False
+    resume: bool = False
+    stop_at_step: int | None = None
+
+
+def write_gan_grid(editor, faces: FaceSet, path: Path, count: int = 8) -> None:
+    """``count`` held-out faces (first column) and their edits to the 7 emotions, one row each."""
+    from .grid import labelled_grid
+
+    inputs = faces.images[:count]
+    edits = editor.edit_faces(inputs, list(range(len(EMOTIONS))))
+    save_image(labelled_grid(np.concatenate([inputs[:, None], edits], axis=1), col_labels=["input", *EMOTIONS]), path)
+
+
+def train_gan(config: GanTrainConfig) -> dict:
+    """StarGAN's objective (adversarial hinge loss, emotion classification by the discriminator,
+    cycle reconstruction) with a spectrally normalised discriminator and EMA generator weights."""
+    from diffusers.training_utils import EMAModel
+
+    from .gan import ExpressionDiscriminator, ExpressionGenerator, GanEditor
+
+    if config.images is not None and config.images < config.batch_size:
+        raise ValueError(f"--images {config.images}: less than one batch of {config.batch_size}")
+    budget_images = config.images if config.images or config.minutes else 600_000
+    train, val = training_faces(config.data, config.skip_bad)
+    run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
+    accelerator, device = run.accelerator, run.accelerator.device
+    run.announce("train-gan", len(train))
+    images, labels = to_tensor(train.images), torch.from_numpy(train.labels)
+    grid_faces = val if len(val) else train
+
+    torch.manual_seed(config.seed)
+    generator = ExpressionGenerator(channels=tuple(config.generator_channels), residual_blocks=config.residual_blocks)
+    discriminator = ExpressionDiscriminator(channels=tuple(config.discriminator_channels))
+    ema_generator = ExpressionGenerator.from_config(generator.config)
+    # One Adam over both networks (a param group each): each step leaves the other network's
+    # gradients at None, which Adam skips, and one optimizer keeps the checkpoint format of every run.
+    optimizer = torch.optim.Adam(
+        [{"params": generator.parameters(), "lr": config.lr_generator}, {"params": discriminator.parameters(), "lr": config.lr_discriminator}],
+        betas=(0.5, 0.999),
+    )
+    scheduler = get_constant_schedule_with_warmup(optimizer, 0)
+    batch_size = min(config.batch_size, len(train))
+    total_steps = budget_images // batch_size if budget_images else None
+    modules = {"generator": generator, "discriminator": discriminator, "ema": ema_generator}
+    state = {"step": 0, "ema_step": 0}
+    if run.resuming:
+        state = run.restore(modules, optimizer, scheduler)
+    else:
+        ema_generator.load_state_dict(generator.state_dict())
+    ema_generator.to(device)
+    ema = EMAModel(ema_generator.parameters(), decay=config.ema_decay)
+    ema.optimization_step = state["ema_step"]
+    step = state["step"]
+    run.start_trackers("train-gan", asdict(config))
+    g_model, d_model, optimizer = accelerator.prepare(generator, discriminator, optimizer)
+    window: dict[str, list[float]] = {}
+
+    def log_window() -> None:
+        row = {"step": step, "images_seen": step * batch_size, **{k: float(np.mean(v)) for k, v in window.items()}}
+        run.metrics.log({**row, "minutes": run.minutes()})
+        window.clear()
+
+    def save(final: bool = False) -> None:
+        if window:
+            log_window()
+        ema.copy_to(ema_generator.parameters())
+        run.save(modules, optimizer, scheduler, {"step": step, "ema_step": ema.optimization_step, "config": asdict(config)})
+        if not run.is_main:
+            return
+        editor = GanEditor(ema_generator).to(device)
+        editor.save_pretrained(run.out)
+        run.write_record({**asdict(config), "hardware": describe_hardware(accelerator)})
+        write_gan_grid(editor, grid_faces, run.out / "samples" / f"images_{step * batch_size:09d}.png")
+
+    limits = [s for s in (total_steps, config.stop_at_step) if s]
+    stop = min(limits) if limits else None
+    bar = tqdm(total=total_steps, initial=step, desc="train gan", disable=not run.is_main)
+    g_model.train(), d_model.train()
+    with run.checkpoint_on_interrupt(save):
+        while (stop is None or step < stop) and (config.minutes is None or run.minutes() < config.minutes):
+            index = run.batch(step, len(train), batch_size)
+            g = run.generator(step)
+            real = augment(images[index], g, flip=True).to(device)
+            source = labels[index].to(device)
+            target = torch.randint(0, len(EMOTIONS), (len(index),), generator=g).to(device)
+
+            with accelerator.autocast():
+                fake = g_model(real, target)
+                cycled = g_model(fake, source)
+                kept = g_model(real, source) if config.identity_weight else None
+
+            # discriminator: real faces are real and show their emotion; the edits are fake
+            with accelerator.autocast():
+                real_score, real_logits = d_model(real)
+                fake_score, _ = d_model(fake.detach())
+            d_adversarial = F.relu(1 - real_score).mean() + F.relu(1 + fake_score).mean()
+            d_classification = F.cross_entropy(real_logits, source)
+            d_loss = d_adversarial + config.classification_weight * d_classification
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(d_loss)
+            optimizer.step()  # the generator's gradients are None here: only the discriminator moves
+
+            # generator: fool the (updated) discriminator, show the target, and come back to the face
+            with accelerator.autocast():
+                fake_score, fake_logits = d_model(fake)
+            g_adversarial = -fake_score.mean()
+            g_classification = F.cross_entropy(fake_logits, target)
+            cycle = (cycled - real).abs().mean()
+            identity = (kept - real).abs().mean() if kept is not None else torch.zeros((), device=device)
+            g_loss = g_adversarial + config.classification_weight * g_classification + config.cycle_weight * cycle + config.identity_weight * identity
+            optimizer.zero_grad(set_to_none=True)
+            accelerator.backward(g_loss)
+            discriminator.zero_grad(set_to_none=True)  # the discriminator does not learn from the generator's loss
+            optimizer.step()
+            scheduler.step()
+            ema.step(generator.parameters())
+            step += 1
+
+            measured = {
+                "d_loss": d_loss.item(), "d_classification": d_classification.item(), "g_adversarial": g_adversarial.item(),
+                "g_classification": g_classification.item(), "cycle": cycle.item(), "identity": identity.item(),
+                "real_emotion_accuracy": (real_logits.argmax(1) == source).float().mean().item(),
+                "fake_target_accuracy": (fake_logits.argmax(1) == target).float().mean().item(),
+            }  # fmt: skip
+            for key, value in measured.items():
+                window.setdefault(key, []).append(value)
+            bar.update(1)
+            bar.set_postfix(d=f"{d_loss.item():.3f}", cycle=f"{cycle.item():.3f}", target=f"{measured['fake_target_accuracy']:.2f}")
             if step % config.log_every == 0:
                 log_window()
             if run.checkpoint_due():
