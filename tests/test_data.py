@@ -144,3 +144,41 @@ def test_tensor_round_trip_and_augment_keeps_shape():
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
     warped = data.augment(x, torch.Generator().manual_seed(0), max_shift=0.1, max_rotate_deg=10, max_scale=0.1)
     assert warped.shape == x.shape and not torch.equal(warped, x)
+
+
+def test_a_mosaic_keeps_labels_and_splits_and_its_tiles_never_bleed(tmp_path):
+    from emodiff.data import FaceSet, load_mosaic, save_mosaic
+
+    images, labels, usage = synthetic_faces(300)  # more than one row of 256 tiles, the last row part-filled
+    faces = FaceSet(images, labels.astype(np.int64), usage.astype(np.int8))
+    save_mosaic(faces, tmp_path / "a.jpg")
+    back = load_fer2013(tmp_path / "a.jpg", use_cache=False)
+    np.testing.assert_array_equal(back.labels, faces.labels)
+    np.testing.assert_array_equal(back.usage, faces.usage)
+    assert back.images.shape == images.shape and np.abs(back.images.astype(int) - images).mean() < 3  # JPEG of noisy faces
+    changed = images.copy()
+    changed[5] = 255 - changed[5]
+    save_mosaic(FaceSet(changed, faces.labels, faces.usage), tmp_path / "b.jpg")
+    other = load_mosaic(tmp_path / "b.jpg")
+    keep = np.arange(len(images)) != 5
+    np.testing.assert_array_equal(other.images[keep], back.images[keep])  # 8x8 blocks: one face changes only itself
+
+
+def test_the_real_training_rows_pack_within_a_tenth_of_a_grey_level(real_sample_csv, tmp_path, capsys):
+    from emodiff.cli import main
+
+    out = tmp_path / "train.jpg"
+    assert main(["pack-data", "--data", str(real_sample_csv), "--out", str(out)]) == 0
+    assert "use it as --data" in capsys.readouterr().out
+    source, packed = load_fer2013(real_sample_csv).split("Training"), load_fer2013(out)
+    np.testing.assert_array_equal(packed.labels, source.labels)
+    assert len(packed) == len(source) and np.abs(packed.images.astype(int) - source.images).mean() < 0.2
+
+
+def test_a_jpeg_that_is_not_a_mosaic_is_named(tmp_path):
+    from PIL import Image
+
+    path = tmp_path / "face.jpg"
+    Image.new("L", (48, 48), 128).save(path)
+    with pytest.raises(FERDataError, match="face.jpg: not an emodiff FER-2013 mosaic"):
+        load_fer2013(path, use_cache=False)

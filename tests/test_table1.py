@@ -5,7 +5,8 @@ import json
 import pytest
 
 from emodiff.cli import main
-from emodiff.table1 import PAPER_TABLE1
+from emodiff.table1 import GAN_PROTOCOL, GAN_ROW, PAPER_TABLE1
+from emodiff.training import GanTrainConfig, train_gan
 
 TINY = ["--images", "2000", "--channels", "16,32", "--layers-per-block", "1", "--batch-size", "64",
         "--per-class", "1", "--paper-steps", "3", "--steps", "3", "--device", "cpu"]  # fmt: skip
@@ -43,19 +44,32 @@ def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_
     assert "already trained" in capsys.readouterr().out
     assert checkpoints == {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
 
-    # The evaluation part alone, on the trained models, gives the same table (same seed).
+    # The evaluation part alone, on the trained models, gives the same table (same seed), and a
+    # GAN given with --gan gets its row from the same evaluation code on the same faces.
+    gan = tmp_path / "gan"
+    train_gan(GanTrainConfig(data=str(fer_csv), out=str(gan), images=32, batch_size=16, device="cpu", generator_channels=(8, 16), residual_blocks=1))
     models = [f"{v}={out / 'runs' / v}" for v in PAPER_TABLE1]
     again = tmp_path / "again"
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(again), "--models", *models, *TINY]) == 0
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(again), "--models", *models, "--gan", str(gan), *TINY]) == 0
     assert not (again / "runs").exists()
     rerun = json.loads((again / "table1.json").read_text())
-    assert _untimed(rerun) == _untimed(summary)
-    assert rerun["runs"] == summary["runs"]
+    assert _untimed(rerun)[:6] == _untimed(summary)
+    assert {k: v for k, v in rerun["runs"].items() if k != GAN_ROW} == summary["runs"]
+    assert rerun["rows"][6]["variant"] == GAN_ROW and rerun["rows"][6]["metrics"]["edits"] == 49
+    assert rerun["runs"][GAN_ROW]["images_seen"] == 32
+    assert f"| ours, {GAN_PROTOCOL}: {GAN_ROW} |" in (again / "table1.md").read_text()
 
 
-@pytest.mark.parametrize("models, message", [("label=nowhere", "label=nowhere: not a model directory"), ("gan=x", "unknown variant")])
-def test_a_bad_models_entry_is_refused_before_any_work(fer_csv, tmp_path, capsys, models, message):
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--models", "label=nowhere"], "label=nowhere: not a model directory"),
+        (["--models", "gan=x"], "unknown variant"),
+        (["--gan", "nowhere"], "--gan nowhere: not a GAN model directory"),
+    ],
+)
+def test_a_bad_models_entry_is_refused_before_any_work(fer_csv, tmp_path, capsys, args, message):
     out = tmp_path / "t"
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), "--models", models, *TINY]) != 0
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *args, *TINY]) != 0
     assert message in capsys.readouterr().err
     assert not out.exists()
