@@ -124,3 +124,15 @@ def test_bad_inputs_to_train_gan_are_clear_errors(fer_csv, tmp_path, capsys, arg
     assert main(["train-gan", *data, "--out", str(run), "--device", "cpu", "--batch-size", "16", *args]) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.slow
+def test_sweep_gives_a_gan_one_row_beside_the_diffusion_grid(gan_dir, model_dir, fer_csv, tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["--strengths", "0.4,0.5", "--guidances", "5", "--keep-detail", "on", "--steps", "2", "--per-class", "1"]
+    assert main(["sweep", "--data", str(fer_csv), "--model", str(gan_dir), "--model", str(model_dir), "--out", str(out), "--device", "cpu", *args]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["gan", "invert", "invert"] and rows[0]["strength"] is None
+    assert f"| {gan_dir} | gan | – | – | – | – |" in (out / "sweep.md").read_text()
