@@ -305,12 +305,13 @@ def _cmd_sweep(args) -> int:
     inputs, split, judge, identity = _evaluation_inputs(args)
     rows = []
     for (name, pipeline), settings in itertools.product(editors.items(), grid):
-        if not isinstance(pipeline, EmotionEditPipeline) and settings != grid[0]:
+        is_diffusion = isinstance(pipeline, EmotionEditPipeline)
+        if not is_diffusion and settings != grid[0]:
             continue  # a GAN has no edit settings: one row is all it has
-        print(f"{name}: {settings}", flush=True)
+        print(f"{name}: {settings if is_diffusion else 'a GAN (no edit settings)'}", flush=True)
         editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
         metrics = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split, progress=False).metrics
-        rows.append(summary_row(name, settings if isinstance(pipeline, EmotionEditPipeline) else None, metrics))
+        rows.append(summary_row(name, settings if is_diffusion else None, metrics))
     chosen, rule = choose_setting(rows)
     out = Path(args.out)
     atomic_write(out / "sweep.json", lambda t: t.write_text(json.dumps({"rows": rows, "chosen": chosen, "rule": rule}, indent=2)))
