@@ -136,3 +136,14 @@ def test_sweep_gives_a_gan_one_row_beside_the_diffusion_grid(gan_dir, model_dir,
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["mode"] for r in rows] == ["gan", "invert", "invert"] and rows[0]["strength"] is None
     assert " | gan | – | – | – | – | " in (out / "sweep.md").read_text()
+
+
+def test_the_web_app_serves_a_gan(gan_dir, photo_path):
+    from emodiff.app import EditService
+
+    service = EditService(str(gan_dir), device="cpu")
+    try:
+        edited, (before, after), strip, files = service.edit(str(photo_path), ["happy"], 0.4)
+        assert Image.open(edited).size == Image.open(photo_path).size and len(strip) == 7
+    finally:
+        service.close()

@@ -56,9 +56,9 @@ class EditService:
     """The model behind the app."""
 
     def __init__(self, model: str | None = None, device: str = "auto", settings: EditSettings = EditSettings()):
-        from .pipeline import EmotionEditPipeline
+        from .pipeline import load_editor
 
-        self.pipeline = EmotionEditPipeline.from_pretrained(model, scheduler="ddim", device=device)
+        self.pipeline = load_editor(model, scheduler="ddim", device=device)  # a diffusion model or a GAN
         self.settings = settings
         self.prepare = Preparer("largest")
         self.outputs = Path(tempfile.mkdtemp(prefix="emodiff-app-"))

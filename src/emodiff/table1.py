@@ -197,7 +197,8 @@ def table1_markdown(rows: list[dict], real: dict, runs: dict[str, dict], protoco
 
 
 def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
-    """Train (or resume, or take) the three variants, evaluate each both ways, write table1.md/.json."""
+    """Train (or resume, or take) the three variants, evaluate each both ways (and a given GAN once,
+    on the same faces), write table1.md/.json."""
     from .gan import GanEditor
     from .pipeline import EmotionEditPipeline
 
