@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -283,3 +285,41 @@ def test_cpu_chunking_of_the_denoiser_batch_does_not_change_edits(monkeypatch):
     monkeypatch.setattr(devices, "CPU_CHUNK", 4)  # 3 faces x (3 targets + source) x 2 (guidance) = 24 rows -> 6 pieces
     chunked = pipe.edit_faces(faces(3), [0, 3, 5], settings)
     np.testing.assert_allclose(chunked.astype(int), whole.astype(int), atol=2)  # bf16 kernels may vary with batch size
+
+
+def test_per_emotion_guidance_loads_from_the_model_directory_and_guidance_overrides_it(tmp_path, capsys):
+    import json
+
+    from PIL import Image
+
+    from emodiff.cli import main
+    from emodiff.pipeline import EDIT_DEFAULTS, EmotionEditPipeline, ModelLoadError
+    from emodiff.settings import EditSettings
+
+    directory = tmp_path / "model"
+    pipe = tiny_pipeline()
+    pipe.guidance_by_emotion = {"happy": 2.0, "angry": 9.0}
+    pipe.save_pretrained(directory)
+    assert json.loads((directory / EDIT_DEFAULTS).read_text()) == {"guidance": {"happy": 2.0, "angry": 9.0}}
+    loaded = EmotionEditPipeline.from_pretrained(directory, device="cpu").to("cpu", bf16=False)
+    face, plain = faces(1), EditSettings(keep_detail=False)
+    own = loaded.edit_faces(face, [3, 0, 4], plain, source_labels=[6], seed=1)  # happy 2, angry 9, sad the default 7
+    for column, (label, scale) in enumerate([(3, 2.0), (0, 9.0), (4, 7.0)]):
+        alone = loaded.edit_faces(face, [label], dataclasses.replace(plain, guidance=scale), source_labels=[6], seed=1)
+        other = loaded.edit_faces(face, [label], dataclasses.replace(plain, guidance=5.0), source_labels=[6], seed=1)
+        assert np.abs(own[:, column].astype(int) - alone[:, 0]).max() <= 1  # batch composition: fp32 rounding only
+        assert np.abs(own[:, column].astype(int) - other[:, 0]).max() > 1  # the scale matters
+
+    # the command line: no --guidance takes the model's (happy: 2), --guidance overrides it
+    path = tmp_path / "face.png"
+    Image.fromarray(face[0]).save(path)
+    common = [str(path), "--to", "happy", "--model", str(directory), "--from", "neutral", "--no-keep-detail", "--device", "cpu"]
+    for name, extra in (("own", []), ("two", ["--guidance", "2"]), ("nine", ["--guidance", "9"])):
+        assert main(["edit", *common, *extra, "--out", str(tmp_path / name)]) == 0
+    read = lambda name: np.asarray(Image.open(tmp_path / name / "face_happy.png"))  # noqa: E731
+    np.testing.assert_array_equal(read("own"), read("two"))
+    assert not np.array_equal(read("own"), read("nine"))
+
+    (directory / EDIT_DEFAULTS).write_text(json.dumps({"guidance": {"elated": 3.0}}))
+    with pytest.raises(ModelLoadError, match="edit_defaults.json"):
+        EmotionEditPipeline.from_pretrained(directory, device="cpu")

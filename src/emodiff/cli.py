@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .labels import EMOTIONS, FERDataError, parse_emotion, parse_emotions, parse_split
-from .settings import MODES, SAMPLERS, EditSettings
+from .settings import DEFAULT_GUIDANCE, MODES, SAMPLERS, EditSettings
 
 DATA_HELP = "FER-2013: the Kaggle CSV (plain or .gz), the image-folder release, or a mosaic from pack-data"
 
@@ -79,11 +79,12 @@ def _scheduler(p):
     p.add_argument("--scheduler", default="ddim", choices=SAMPLERS, help="sampler (default: ddim; ddpm with --steps 1000 is the paper's)")
 
 
-def _sampling(p, steps: int, guidance: float):
+def _sampling(p, steps: int, guidance: float | None):
     """The sampler's options, shared by edits and random samples (with their own defaults)."""
     p.add_argument("--steps", type=int, default=steps, help=f"sampler steps over the full T (default: {steps})")
     _scheduler(p)
-    p.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance scale on the label (default: {guidance:g})")
+    default = f"{guidance:g}" if guidance is not None else f"the model's own per target emotion where it has them, else {DEFAULT_GUIDANCE:g}"
+    p.add_argument("--guidance", type=float, default=guidance, help=f"classifier-free guidance scale on the label (default: {default})")
     p.add_argument("--seed", type=int, default=0, help="seed of the sampling noise: same seed, identical files (default: 0)")
 
 

@@ -37,12 +37,13 @@ from .data import IMAGE_SIZE, to_tensor, to_uint8
 from .denoiser import NULL_LABEL, EmotionDenoiser
 from .devices import autocast, batch_piece, bf16_supported, resolve_device
 from .encoders import EmotionClassifier, load_encoder
-from .files import save_model_dir
-from .labels import parse_emotion
-from .settings import SAMPLERS, EditSettings
+from .files import atomic_write, save_model_dir
+from .labels import EMOTIONS, parse_emotion
+from .settings import DEFAULT_GUIDANCE, SAMPLERS, EditSettings
 
 SCHEDULERS = dict(zip(SAMPLERS, (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
+EDIT_DEFAULTS = "edit_defaults.json"  # a model's own edit settings, e.g. {"guidance": {"angry": 9.0, "happy": 5.0}}
 
 
 class ModelLoadError(ValueError):
@@ -126,13 +127,18 @@ class FaceEditor(abc.ABC):
 
 
 class EmotionEditPipeline(FaceEditor):
-    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None):
+    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None, guidance_by_emotion: dict | None = None):
+        """``guidance_by_emotion``: the guidance an edit to each emotion gets when the settings name
+        none (emotion name -> scale; emotions left out get DEFAULT_GUIDANCE), saved with the model."""
         if denoiser.uses_code and encoder is None:
             raise ValueError(f"a {denoiser.config.cond!r} denoiser needs its semantic encoder")
         self.denoiser = denoiser.eval()
         self.scheduler = scheduler
         self.encoder = encoder.eval() if encoder is not None else None
         self._classifier = classifier
+        self.guidance_by_emotion = {EMOTIONS[parse_emotion(k)]: float(v) for k, v in (guidance_by_emotion or {}).items()}
+        if any(v < 0 for v in self.guidance_by_emotion.values()):
+            raise ValueError(f"guidance must be >= 0 for every emotion, got {self.guidance_by_emotion}")
         self.to(next(denoiser.parameters()).device)
 
     # ------------------------------------------------------------------ loading and saving
@@ -158,13 +164,21 @@ class EmotionEditPipeline(FaceEditor):
             denoiser = EmotionDenoiser.from_pretrained(directory / "denoiser", torch_dtype=torch.float32, use_safetensors=True)
             stored = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
             encoder = load_encoder(directory / "encoder") if denoiser.uses_code else None
+            defaults = json.loads((directory / EDIT_DEFAULTS).read_text()) if (directory / EDIT_DEFAULTS).is_file() else {}
+            guidance_by_emotion = defaults.get("guidance", {})
+            if not isinstance(guidance_by_emotion, dict):
+                raise ValueError(f"{EDIT_DEFAULTS}: 'guidance' must map emotion names to scales")
         except (OSError, ValueError) as error:  # unreadable files; a corrupt safetensors file raises ValueError
             raise ModelLoadError(f"{directory}: cannot load this model directory ({error})") from None
         by_class = {c.__name__: c for c in SCHEDULERS.values()}
         template = by_class.get(stored.get("_class_name"), DDIMScheduler).from_config(stored)
         if scheduler is not None:
             template = sampling_scheduler(scheduler, template)
-        return cls(denoiser, template, encoder).to(target)
+        try:
+            pipeline = cls(denoiser, template, encoder, guidance_by_emotion=guidance_by_emotion)
+        except (ValueError, TypeError) as error:  # FERDataError (an unknown emotion name) is a ValueError
+            raise ModelLoadError(f"{directory / EDIT_DEFAULTS}: {error}") from None
+        return pipeline.to(target)
 
     def save_pretrained(self, directory: str | Path, fp16: bool = False) -> None:
         directory = Path(directory)
@@ -173,6 +187,9 @@ class EmotionEditPipeline(FaceEditor):
                 save_model_dir(model, directory / name, fp16=fp16)
         (directory / "scheduler").mkdir(parents=True, exist_ok=True)
         self.scheduler.save_config(directory / "scheduler")
+        if self.guidance_by_emotion:
+            text = json.dumps({"guidance": self.guidance_by_emotion}, indent=2)
+            atomic_write(directory / EDIT_DEFAULTS, lambda temp: temp.write_text(text))
 
     def to(self, device: str | torch.device = "auto", bf16: bool | None = None) -> EmotionEditPipeline:
         """Move to ``device``; ``bf16`` autocast defaults to on where the hardware supports it."""
@@ -251,7 +268,8 @@ class EmotionEditPipeline(FaceEditor):
         labels = torch.tensor([label for row in rows for label in row], device=self.device)
         gather = lambda t: None if t is None else t[which_face]  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), settings.guidance, generator)
+        guidance = self._guidance(settings.guidance, labels)
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
@@ -280,10 +298,21 @@ class EmotionEditPipeline(FaceEditor):
             scheduler.set_begin_index(begin)
         return scheduler.timesteps[begin:]
 
-    def _eps(self, x, t, labels, codes, guidance: float) -> torch.Tensor:
-        """Noise prediction with classifier-free guidance on the label (the code is kept in both halves)."""
+    def _guidance(self, asked: float | None, labels: torch.Tensor) -> float | torch.Tensor:
+        """The scale asked for, else each decode's own: its emotion's (``guidance_by_emotion``) as a
+        (N, 1, 1, 1) tensor, or one float when every decode's is the same."""
+        if asked is not None:
+            return asked
+        scales = [self.guidance_by_emotion.get(EMOTIONS[label], DEFAULT_GUIDANCE) for label in labels.tolist()]
+        if len(set(scales)) == 1:
+            return scales[0]
+        return torch.tensor(scales, device=self.device).view(-1, 1, 1, 1)
+
+    def _eps(self, x, t, labels, codes, guidance: float | torch.Tensor) -> torch.Tensor:
+        """Noise prediction with classifier-free guidance on the label (the code is kept in both halves);
+        ``guidance`` is one scale or one per row."""
         timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-        if guidance == 1.0:
+        if not torch.is_tensor(guidance) and guidance == 1.0:
             return self._predict(x, timestep, labels, codes)
         doubled = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
         null = torch.full_like(labels, NULL_LABEL)

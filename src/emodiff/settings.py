@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
+DEFAULT_GUIDANCE = 7.0
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,9 @@ class EditSettings:
     mode: str = "invert"
     strength: float = 0.4
     steps: int = 10
-    guidance: float = 7.0
+    # Classifier-free guidance on the label. None: the model's own per-emotion guidance (stored in its
+    # directory, pipeline.EDIT_DEFAULTS) where it has one, else DEFAULT_GUIDANCE for every emotion.
+    guidance: float | None = None
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
     # detail) then stays the input's own, and editing to the source emotion returns the input.
@@ -34,5 +37,5 @@ class EditSettings:
             raise ValueError(f"strength {self.strength} is outside (0, 1]")
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
-        if self.guidance < 0:
+        if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")

@@ -105,10 +105,11 @@ def paper_protocol(steps: int) -> EditSettings:
 
 
 def describe(settings: EditSettings) -> str:
+    guidance = "the model's guidance per emotion" if settings.guidance is None else f"guidance {settings.guidance:g}"
     if settings.mode == "paper":
-        return f"from pure noise, {settings.steps} steps, guidance {settings.guidance:g}"
+        return f"from pure noise, {settings.steps} steps, {guidance}"
     detail = ", input detail kept" if settings.keep_detail else ""
-    return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, guidance {settings.guidance:g}{detail}"
+    return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, {guidance}{detail}"
 
 
 def _check(config: Table1Config) -> None:
