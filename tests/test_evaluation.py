@@ -124,3 +124,20 @@ def test_choose_setting_prefers_f1_among_identity_keeping_rows():
     ]
     assert choose_setting(rows)[0] is rows[1]
     assert choose_setting([rows[0], {"macro_f1": 0.2, "identity_kept": 0.8}])[0] is rows[0]
+
+
+def test_tuning_and_reporting_halves_are_disjoint_balanced_and_fixed():
+    from emodiff.data import FaceSet
+    from emodiff.evaluation import split_part
+
+    labels = np.repeat(np.arange(7), [5, 2, 9, 12, 7, 6, 8])
+    faces = FaceSet(np.arange(len(labels))[:, None, None].repeat(48, 1).repeat(48, 2).astype(np.uint8), labels, np.ones(len(labels), np.int8))
+    tuning, reporting = split_part(faces, "tuning"), split_part(faces, "reporting")
+    ids = lambda part: set(part.images[:, 0, 0].tolist())  # noqa: E731
+    assert ids(tuning).isdisjoint(ids(reporting)) and ids(tuning) | ids(reporting) == ids(faces)
+    for label, count in enumerate([5, 2, 9, 12, 7, 6, 8]):
+        assert (tuning.labels == label).sum() == (count + 1) // 2 and (reporting.labels == label).sum() == count // 2
+    assert ids(split_part(faces, "tuning")) == ids(tuning)  # fixed: the same faces every time
+    assert split_part(faces, "all") is faces
+    with pytest.raises(ValueError, match="tuning, reporting"):
+        split_part(faces, "test")

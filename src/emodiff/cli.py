@@ -118,6 +118,9 @@ def _evaluation(p):
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--split", default="PublicTest", type=_checked(parse_split), help="split to take inputs from (default: PublicTest)")
     p.add_argument("--per-class", type=int, default=20, help="inputs per source emotion, drawn with --seed (default: 20)")
+    p.add_argument("--faces", default="all", choices=("all", "tuning", "reporting"), help="draw the inputs from the split's "
+                   "tuning half (for choosing settings), its reporting half (for reporting them), or all of it; the halves "
+                   "are fixed, half of each emotion's faces each (default: all)")  # fmt: skip
     p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
@@ -271,7 +274,7 @@ def _evaluation_inputs(args):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
     from .evaluation import load_evaluation_inputs
 
-    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad)
+    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad, args.faces)
 
 
 def _cmd_evaluate(args) -> int:

@@ -107,8 +107,31 @@ def sample_inputs(faces: FaceSet, per_class: int, seed: int = 0) -> FaceSet:
     return faces.take(np.concatenate([np.sort(p) for p in picks]))
 
 
-def load_evaluation_inputs(data: str, split: str, per_class: int, judge: str = "judge", seed: int = 0, skip_bad: bool = False):
-    """(inputs, the whole split, judge, identity model): everything an evaluation needs, checked first."""
+FACE_PARTS = ("all", "tuning", "reporting")
+PARTS_SEED = 2026  # fixed for good: which faces tune and which report must never move
+
+
+def split_part(faces: FaceSet, part: str) -> FaceSet:
+    """Half of each emotion's faces for choosing settings (tuning), the other half for reporting
+    them, by a fixed seed, so no face both chooses a setting and reports it; "all" keeps both."""
+    if part not in FACE_PARTS:
+        raise ValueError(f"unknown face part {part!r}: expected one of {', '.join(FACE_PARTS)}")
+    if part == "all":
+        return faces
+    rng = np.random.default_rng(PARTS_SEED)
+    chosen = []
+    for label in range(len(EMOTIONS)):
+        members = rng.permutation(np.flatnonzero(faces.labels == label))
+        half = (len(members) + 1) // 2
+        chosen.append(members[:half] if part == "tuning" else members[half:])
+    return faces.take(np.sort(np.concatenate(chosen)))
+
+
+def load_evaluation_inputs(
+    data: str, split: str, per_class: int, judge: str = "judge", seed: int = 0, skip_bad: bool = False, part: str = "all"
+):
+    """(inputs, the whole split, judge, identity model): everything an evaluation needs, checked first.
+    ``part`` draws the inputs from the split's tuning or reporting half (``split_part``)."""
     from .data import load_fer2013
     from .encoders import load_encoder
 
@@ -120,7 +143,7 @@ def load_evaluation_inputs(data: str, split: str, per_class: int, judge: str = "
     faces = load_fer2013(data, skip_bad=skip_bad).split(split)
     if len(faces) == 0:
         raise ValueError(f"{data}: no {split} rows to evaluate on")
-    return sample_inputs(faces, per_class, seed), faces, judge_model, IdentityModel()
+    return sample_inputs(split_part(faces, part), per_class, seed), faces, judge_model, IdentityModel()
 
 
 @dataclass

@@ -44,6 +44,7 @@ class Table1Config:
     paper_steps: int = 50  # DDIM steps of the paper-protocol rows (the paper's 1000 DDPM steps take hours on CPU)
     per_class: int = 20
     split: str = "PublicTest"
+    faces: str = "all"  # all of the split, or its tuning or reporting half (evaluation.split_part)
     judge: str = "judge"
     scheduler: str = "ddim"
     seed: int = 0
@@ -205,7 +206,9 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
 
     _check(config)
     out = Path(config.out)
-    inputs, split, judge, identity = load_evaluation_inputs(config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad)
+    inputs, split, judge, identity = load_evaluation_inputs(
+        config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad, config.faces
+    )
     models = train_variants(config)
     protocols = {"paper protocol": paper_protocol(config.paper_steps), "emodiff defaults": config.settings}
     rows = []
