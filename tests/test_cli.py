@@ -89,7 +89,7 @@ def test_sample_writes_n_faces(model_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"surprise_{i:03d}.png" for i in range(3)]
 
 
-@pytest.mark.parametrize("command", ["train-encoder", "train", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "reproduce-table1", "demo", "serve"])
+@pytest.mark.parametrize("command", ["train-encoder", "train", "train-gan", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "reproduce-table1", "demo", "serve", "pack-data", "evaluate-photos"])
 def test_every_option_has_help(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:
@@ -130,6 +130,8 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     assert len(result["rows"]) == len(settings) == 2 * 2 * 2 * 2 + 2 * 2  # paper mode has no strength nor keep-detail
     assert result["chosen"] in result["rows"]
     assert "**(chosen)**" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
+    guidance = json.loads((out / "edit_defaults.json").read_text())["guidance"]  # two guidances: one per emotion
+    assert sorted(guidance) == sorted(EMOTIONS) and set(guidance.values()) <= {1.0, 3.0}
 
 
 @pytest.mark.parametrize(

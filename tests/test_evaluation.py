@@ -141,3 +141,25 @@ def test_tuning_and_reporting_halves_are_disjoint_balanced_and_fixed():
     assert split_part(faces, "all") is faces
     with pytest.raises(ValueError, match="tuning, reporting"):
         split_part(faces, "test")
+
+
+def test_guidance_per_emotion_is_chosen_by_the_rule_at_the_chosen_setting_only():
+    from emodiff.evaluation import choose_guidance_per_emotion
+    from emodiff.labels import EMOTIONS
+
+    def row(guidance, strength=0.4, angry=(0.5, 0.95), happy=(0.9, 0.95)):
+        per = {name: {"f1": 0.4, "identity_kept": 0.95} for name in EMOTIONS}
+        per["angry"], per["happy"] = dict(zip(("f1", "identity_kept"), angry)), dict(zip(("f1", "identity_kept"), happy))
+        return {"model": "m", "mode": "invert", "strength": strength, "steps": 10, "keep_detail": True, "guidance": guidance, "per_emotion": per}
+
+    rows = [
+        row(5.0, happy=(0.92, 0.97)),
+        row(7.0, angry=(0.55, 0.93), happy=(0.93, 0.85)),  # happy reads better but loses the person
+        row(9.0, angry=(0.70, 0.80)),  # angry reads best but below 90% identity
+        row(12.0, strength=0.6, angry=(0.9, 0.99)),  # another strength: not a candidate
+    ]
+    chosen = choose_guidance_per_emotion(rows, rows[1])
+    assert chosen["angry"] == 7.0 and chosen["happy"] == 5.0
+    assert chosen["fear"] == 5.0  # ties: the first of the equal rows
+    none_keeps = [row(5.0, angry=(0.3, 0.5)), row(9.0, angry=(0.6, 0.6))]
+    assert choose_guidance_per_emotion(none_keeps, none_keeps[0])["angry"] == 9.0  # then best F1 x identity kept

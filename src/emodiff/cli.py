@@ -296,9 +296,9 @@ def _cmd_sweep(args) -> int:
     import itertools
     import json
 
-    from .evaluation import choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
+    from .evaluation import choose_guidance_per_emotion, choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
-    from .pipeline import EmotionEditPipeline, load_editor
+    from .pipeline import EDIT_DEFAULTS, EmotionEditPipeline, load_editor
 
     grid = []
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
@@ -322,6 +322,11 @@ def _cmd_sweep(args) -> int:
     atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line())))
     sweep_plot(rows, chosen, out / "sweep.png")
     print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
+    if chosen["mode"] != "gan" and len(args.guidances) > 1:
+        per_emotion = choose_guidance_per_emotion(rows, chosen)
+        text = json.dumps({"guidance": per_emotion}, indent=2)
+        atomic_write(out / EDIT_DEFAULTS, lambda t: t.write_text(text))
+        print(f"guidance per target emotion at the chosen setting: {per_emotion}; copy {out / EDIT_DEFAULTS} into the model directory to make it its default")
     return 0
 
 

@@ -373,4 +373,22 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "frechet": metrics["realism"]["mean"],
         "change": metrics["change"]["mean_abs_pixel"],
         "seconds_per_input": metrics["seconds_per_input"],
+        "per_emotion": {
+            name: {"f1": metrics["emotion"]["f1"][name], "identity_kept": metrics["per_target"][name]["identity_kept"]}
+            for name in EMOTIONS
+        },
     }
+
+
+def choose_guidance_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9) -> dict[str, float]:
+    """Each target emotion's guidance by ``choose_setting``'s rule on that emotion's F1 and identity,
+    among the rows that differ from ``chosen`` in guidance alone: a model's ``edit_defaults.json``."""
+    same = lambda r: all(r[k] == chosen[k] for k in ("model", "mode", "strength", "steps", "keep_detail"))  # noqa: E731
+    candidates = [r for r in rows if same(r) and r["guidance"] is not None]
+    by_emotion = {}
+    for name in EMOTIONS:
+        scored = [{"guidance": r["guidance"], **r["per_emotion"][name]} for r in candidates]
+        keeping = [r for r in scored if r["identity_kept"] >= min_identity]
+        best = max(keeping, key=lambda r: r["f1"]) if keeping else max(scored, key=lambda r: r["f1"] * r["identity_kept"])
+        by_emotion[name] = best["guidance"]
+    return by_emotion
