@@ -12,7 +12,7 @@
 #     model directory (fp16 weights, metrics.csv, training_config.json, the last sample grid) to --out.
 # The same `run` works on a CPU for a tiny trial (tools/gpu_train.sh run --out /tmp/trial --images 256 ...).
 set -euo pipefail
-cd "$(git rev-parse --show-toplevel 2>/dev/null || dirname "$0"/..)"
+cd "$(dirname "$0")/.."  # the device machine gets a copy of the tree, not necessarily a git checkout
 mosaic=.gpu/fer2013-training.jpg
 wheels=.gpu/wheels
 case "${1:-}" in
