@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from emodiff.encoders import EmotionCNN, EmotionJudge, FaceVAE, PredictionViews, load_encoder
+from emodiff.encoders import EmotionCNN, EmotionJudge, FaceVAE, PredictionViews, TransformerJudge, load_encoder
 
-CODE_DIMS = {EmotionCNN: 256, FaceVAE: 128, EmotionJudge: 256}
+CODE_DIMS = {EmotionCNN: 256, FaceVAE: 128, EmotionJudge: 256, TransformerJudge: 160}
 
 
 @pytest.mark.parametrize("cls", list(CODE_DIMS))
@@ -24,6 +24,22 @@ def test_classifier_and_vae_outputs():
     # flip-averaged: an image and its mirror get the same prediction
     assert torch.allclose(cnn.predict_proba(images.flip(-1)), probs, atol=1e-5)
     assert FaceVAE().eval()(images).shape == images.shape
+
+
+def test_the_second_judge_attends_over_the_whole_face():
+    """Unlike the first judge's local convolutions, one patch's change reaches every output feature
+    through attention: perturb one corner, and the pooled features of a far corner's token move too."""
+    torch.manual_seed(0)
+    judge = TransformerJudge().eval()
+    assert judge.config.stem_widths == (32, 64, 128) and judge.feature_dim == 160
+    images = torch.rand(1, 1, 48, 48) * 2 - 1
+    moved = images.clone()
+    moved[..., :8, :8] = -1
+    with torch.no_grad():
+        tokens = lambda x: judge.blocks(judge.stem(x).flatten(2).transpose(1, 2) + judge.position)  # noqa: E731
+        far = (tokens(images) - tokens(moved))[0, -1].abs().max()  # the bottom-right patch, 40 pixels away
+    assert far > 1e-4
+    assert PredictionViews.of(judge) == PredictionViews()  # mirror-only test-time views: its own recipe
 
 
 @pytest.mark.parametrize("cls", list(CODE_DIMS))

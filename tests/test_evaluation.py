@@ -106,6 +106,18 @@ def test_a_perfect_editor_scores_full_emotion_f1(identity, real_faces):
     m = evaluate_editor(swap, inputs, Oracle(), identity, reference=inputs, progress=False).metrics
     assert m["emotion"]["macro_f1"] == 1.0 and m["real_inputs"]["macro_f1"] == 1.0
     assert m["identity"]["kept_fraction"] < 0.5  # it replaced the people
+    assert "second_judge" not in m
+
+    # the oracle as the second judge: its verdicts are reported on their own, beside the first judge's
+    torch.manual_seed(0)
+    both = evaluate_editor(swap, inputs, EmotionJudge().eval(), identity, reference=inputs, progress=False, second_judge=Oracle())
+    second = both.metrics["second_judge"]
+    assert second["emotion"]["macro_f1"] == 1.0 and second["real_inputs"]["macro_f1"] == 1.0 and second["model"] == "Oracle"
+    assert both.metrics["emotion"]["macro_f1"] < 1.0  # an untrained first judge does not agree
+    from emodiff.evaluation import markdown_report
+
+    report = markdown_report(both.metrics, "both judges")
+    assert "F1, second judge" in report and "**1.000** (macro)" in report
 
 
 def test_sample_inputs_is_balanced_and_seeded():

@@ -16,6 +16,7 @@ _EXPORTS = {
     "EmotionDenoiser": "denoiser",
     "EmotionCNN": "encoders",
     "EmotionJudge": "encoders",
+    "TransformerJudge": "encoders",
     "FaceVAE": "encoders",
     "load_encoder": "encoders",
     "EditSettings": "settings",

@@ -121,7 +121,10 @@ def _evaluation(p):
     p.add_argument("--faces", default="all", choices=("all", "tuning", "reporting"), help="draw the inputs from the split's "
                    "tuning half (for choosing settings), its reporting half (for reporting them), or all of it; the halves "
                    "are fixed, half of each emotion's faces each (default: all)")  # fmt: skip
-    p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
+    p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge); in a sweep it "
+                   "alone chooses the setting")  # fmt: skip
+    p.add_argument("--second-judge", default="judge2", type=lambda name: None if name == "none" else name, help="a second judge that only reports, beside the first: a model "
+                   "directory, judge2 (the shipped one, another architecture and recipe) or none (default: judge2)")  # fmt: skip
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
     _device(p)
@@ -274,20 +277,22 @@ def _evaluation_inputs(args):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
     from .evaluation import load_evaluation_inputs
 
-    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad, args.faces)
+    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad, args.faces, args.second_judge)
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import evaluate_editor, write_report
+    from .evaluation import write_report
 
     settings = _config(EditSettings, args)
     pipeline = _pipeline(args)
-    inputs, split, judge, identity = _evaluation_inputs(args)
+    setup = _evaluation_inputs(args)
     editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
-    evaluation = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split)
+    evaluation = setup.evaluate(editor, pipeline.device)
     write_report(evaluation, Path(args.out), f"Evaluation of {args.model or 'the shipped model'} on {args.split}", _command_line())
     m = evaluation.metrics
-    print(f"macro F1 {m['emotion']['macro_f1']:.3f} (real inputs {m['real_inputs']['macro_f1']:.3f}), identity kept "
+    second = m.get("second_judge")
+    second_text = f"; second judge: macro F1 {second['emotion']['macro_f1']:.3f} (real inputs {second['real_inputs']['macro_f1']:.3f})" if second else ""
+    print(f"macro F1 {m['emotion']['macro_f1']:.3f} (real inputs {m['real_inputs']['macro_f1']:.3f}){second_text}; identity kept "
           f"{m['identity']['kept_fraction']:.0%}, median distance {m['identity']['median_distance']:.3f}; report in {args.out}")
     return 0
 
@@ -296,7 +301,7 @@ def _cmd_sweep(args) -> int:
     import itertools
     import json
 
-    from .evaluation import choose_guidance_per_emotion, choose_setting, evaluate_editor, summary_row, sweep_plot, sweep_table
+    from .evaluation import choose_guidance_per_emotion, choose_setting, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
     from .pipeline import EDIT_DEFAULTS, EmotionEditPipeline, load_editor
 
@@ -306,7 +311,7 @@ def _cmd_sweep(args) -> int:
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
                 grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
-    inputs, split, judge, identity = _evaluation_inputs(args)
+    setup = _evaluation_inputs(args)
     rows = []
     for (name, pipeline), settings in itertools.product(editors.items(), grid):
         is_diffusion = isinstance(pipeline, EmotionEditPipeline)
@@ -314,7 +319,7 @@ def _cmd_sweep(args) -> int:
             continue  # a GAN has no edit settings: one row is all it has
         print(f"{name}: {settings if is_diffusion else 'a GAN (no edit settings)'}", flush=True)
         editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
-        metrics = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split, progress=False).metrics
+        metrics = setup.evaluate(editor, pipeline.device, progress=False).metrics
         rows.append(summary_row(name, settings if is_diffusion else None, metrics))
     chosen, rule = choose_setting(rows)
     out = Path(args.out)
@@ -353,15 +358,13 @@ def _cmd_reproduce_table1(args) -> int:
 
 def _cmd_evaluate_photos(args) -> int:
     from .editing import expand_inputs
-    from .encoders import EmotionJudge, load_encoder
+    from .evaluation import load_judge
     from .photo_evaluation import evaluate_photos, write_photo_report
 
     paths, problems = expand_inputs(args.photos)
     if problems or not paths:
         raise ValueError("; ".join(problems) or "no photos given")
-    judge = load_encoder(args.judge)
-    if not isinstance(judge, EmotionJudge):
-        raise ValueError(f"--judge {args.judge}: a {type(judge).__name__}, expected an EmotionJudge")
+    judge = load_judge(args.judge, "--judge")
     pipeline = _pipeline(args)
     evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judge.to(pipeline.device), seed=args.seed)
     write_photo_report(evaluation, Path(args.out), _command_line())
@@ -416,13 +419,14 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     p = command(
-        "train-encoder", _cmd_train_encoder, "train a semantic encoder (cnn, vae) or the evaluation judge on FER-2013",
-        "Train the CNN emotion encoder, the VAE encoder or the judge on the Training split, validating on PublicTest after "
+        "train-encoder", _cmd_train_encoder, "train a semantic encoder (cnn, vae) or an evaluation judge (judge, judge2) on FER-2013",
+        "Train the CNN emotion encoder, the VAE encoder, the judge (ResNet) or the second judge (judge2: conv stem + "
+        "transformer, its own recipe) on the Training split, validating on PublicTest after "
         "every epoch. Writes OUT/config.json + OUT/diffusion_pytorch_model.safetensors (the model), OUT/metrics.csv (one row "
         "per epoch) and OUT/checkpoint.safetensors (every few minutes, for --resume).", [training],
     )  # fmt: skip
-    p.add_argument("kind", choices=("cnn", "vae", "judge"), help="which model to train")
-    p.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, vae 20)")
+    p.add_argument("kind", choices=("cnn", "vae", "judge", "judge2"), help="which model to train")
+    p.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, judge2 20, vae 20)")
     p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
     p.add_argument("--init", default=None, help="start from the weights of this trained model directory of the same kind "
@@ -516,9 +520,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = command(
         "test-encoder", _cmd_test_encoder, "measure an encoder or judge on a FER-2013 split (accuracy, or PSNR for the VAE)",
         "Print the accuracy (classifiers, mirror-averaged) or reconstruction PSNR (VAE) of a model directory, or of a "
-        "shipped model named cnn, vae or judge, on one split.", [device],
+        "shipped model named cnn, vae, judge or judge2, on one split.", [device],
     )  # fmt: skip
-    p.add_argument("model", help="model directory, or cnn / vae / judge for the shipped ones")
+    p.add_argument("model", help="model directory, or cnn / vae / judge / judge2 for the shipped ones")
     p.add_argument("--data", required=True, help=DATA_HELP)
     p.add_argument("--split", default="PublicTest", type=_checked(parse_split), help="Training, PublicTest or PrivateTest (default: PublicTest)")
     p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")

@@ -181,6 +181,57 @@ class EmotionJudge(EmotionClassifier):
         return self.config.widths[-1]
 
 
+class TransformerJudge(EmotionClassifier):
+    """The second judge: a convolutional stem down to 6x6, then a transformer over those 36 patches.
+
+    Another architecture family than the first judge (global attention rather than a residual
+    conv stack) and another recipe (stronger geometric augmentation, no label smoothing, mirror-only
+    test-time views), so the two judges' errors are not the same errors: a setting that wins by
+    one judge and loses by the other has been fitted to a judge. It only reports, never chooses.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        stem_widths: tuple[int, ...] = (32, 64, 128),
+        dim: int = 160,
+        depth: int = 4,
+        heads: int = 4,
+        mlp_ratio: int = 2,
+        num_classes: int = len(EMOTIONS),
+        dropout: float = 0.1,
+        label_smoothing: float = 0.0,
+        image_size: int = IMAGE_SIZE,
+    ):
+        super().__init__()
+        layers, channels = [], 1
+        for index, width in enumerate((*stem_widths, dim)):
+            layers += _conv_bn_relu(channels, width, stride=1 if index == 0 else 2)
+            channels = width
+        self.stem = nn.Sequential(*layers)
+        side = image_size // 2 ** len(stem_widths)
+        self.position = nn.Parameter(torch.randn(1, side * side, dim) * 0.02)
+        block = nn.TransformerEncoderLayer(dim, heads, dim * mlp_ratio, dropout, activation="gelu", batch_first=True, norm_first=True)
+        self.blocks = nn.TransformerEncoder(block, depth, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Mean of the patch tokens: the space this judge's Fréchet distance is measured in."""
+        tokens = self.stem(images).flatten(2).transpose(1, 2) + self.position
+        return self.norm(self.blocks(tokens)).mean(1)
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.encode(images))
+
+    @property
+    def feature_dim(self) -> int:
+        return self.config.dim
+
+
+JUDGE_CLASSES = (EmotionJudge, TransformerJudge)
+
+
 class FaceVAE(ModelMixin, ConfigMixin):
     """The paper's VAE semantic encoder: conv encoder -> (mu, logvar) -> conv decoder; the code is mu."""
 
@@ -240,7 +291,7 @@ class FaceVAE(ModelMixin, ConfigMixin):
         return {"psnr": psnr.mean().item()}
 
 
-ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge}
+ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge, "judge2": TransformerJudge}
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 

@@ -24,7 +24,7 @@ from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_
 
 from .data import FaceSet, to_tensor
 from .devices import CPU_CHUNK, autocast, batch_piece, bf16_supported
-from .encoders import EmotionJudge
+from .encoders import EmotionClassifier, EmotionJudge
 from .files import atomic_write, save_image
 from .identity import IDENTITY_THRESHOLD, IdentityModel
 from .labels import EMOTIONS
@@ -127,23 +127,62 @@ def split_part(faces: FaceSet, part: str) -> FaceSet:
     return faces.take(np.sort(np.concatenate(chosen)))
 
 
+SECOND_JUDGE = "judge2"  # the shipped second judge, reported beside the first wherever an evaluation runs
+
+
+def load_judge(name: str, option: str = "--judge"):
+    """A judge by model directory or shipped name, refused with the option's name if it is not one."""
+    from .encoders import JUDGE_CLASSES, load_encoder
+
+    model = load_encoder(name).to(memory_format=torch.channels_last)  # measured here: 2x faster convolutions
+    if not isinstance(model, JUDGE_CLASSES):
+        expected = " or ".join(cls.__name__ for cls in JUDGE_CLASSES)
+        raise ValueError(f"{option} {name}: a {type(model).__name__}, expected a judge ({expected})")
+    return model
+
+
+@dataclass
+class EvaluationSetup:
+    """Everything an evaluation needs, loaded and checked before any editing starts: the inputs, the
+    whole split (real faces for the Fréchet distance), the judge, the identity model and the second
+    judge, which only reports (a sweep chooses by the first judge alone)."""
+
+    inputs: FaceSet
+    reference: FaceSet
+    judge: EmotionJudge
+    identity: IdentityModel
+    second_judge: EmotionClassifier | None = None
+
+    def evaluate(self, editor: Editor, device: torch.device, progress: bool = True) -> EditEvaluation:
+        second = self.second_judge.to(device) if self.second_judge is not None else None
+        return evaluate_editor(
+            editor, self.inputs, self.judge.to(device), self.identity, self.reference, progress=progress, second_judge=second
+        )
+
+
 def load_evaluation_inputs(
-    data: str, split: str, per_class: int, judge: str = "judge", seed: int = 0, skip_bad: bool = False, part: str = "all"
-):
-    """(inputs, the whole split, judge, identity model): everything an evaluation needs, checked first.
-    ``part`` draws the inputs from the split's tuning or reporting half (``split_part``)."""
+    data: str,
+    split: str,
+    per_class: int,
+    judge: str = "judge",
+    seed: int = 0,
+    skip_bad: bool = False,
+    part: str = "all",
+    second_judge: str | None = SECOND_JUDGE,
+) -> EvaluationSetup:
+    """Inputs drawn from the split (its tuning or reporting half with ``part``, see ``split_part``),
+    the judges and the identity model, every option checked first."""
     from .data import load_fer2013
-    from .encoders import load_encoder
 
     if per_class <= 0:
         raise ValueError(f"--per-class must be positive, got {per_class}")
-    judge_model = load_encoder(judge).to(memory_format=torch.channels_last)  # measured here: 2x faster convolutions
-    if not isinstance(judge_model, EmotionJudge):
-        raise ValueError(f"--judge {judge}: a {type(judge_model).__name__}, expected an EmotionJudge")
+    judge_model = load_judge(judge, "--judge")
+    second_model = load_judge(second_judge, "--second-judge") if second_judge else None
     faces = load_fer2013(data, skip_bad=skip_bad).split(split)
     if len(faces) == 0:
         raise ValueError(f"{data}: no {split} rows to evaluate on")
-    return sample_inputs(split_part(faces, part), per_class, seed), faces, judge_model, IdentityModel()
+    inputs = sample_inputs(split_part(faces, part), per_class, seed)
+    return EvaluationSetup(inputs, faces, judge_model, IdentityModel(), second_model)
 
 
 @dataclass
@@ -161,8 +200,10 @@ def evaluate_editor(
     reference: FaceSet,
     batch_size: int = 20,
     progress: bool = True,
+    second_judge: EmotionClassifier | None = None,
 ) -> EditEvaluation:
-    """Edit every input to all 7 emotions and measure the edits (see the module docstring)."""
+    """Edit every input to all 7 emotions and measure the edits (see the module docstring); the
+    ``second_judge``'s verdicts, when given, are reported beside the first judge's."""
     from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
     from tqdm.auto import tqdm
 
@@ -216,6 +257,12 @@ def evaluate_editor(
         "per_target": per_target,
         "seconds_per_input": seconds / max(count, 1),
     }
+    if second_judge is not None:
+        metrics["second_judge"] = {
+            "model": type(second_judge).__name__,
+            "emotion": emotion_scores(flat_targets, judge_labels(second_judge, flat_edits)),
+            "real_inputs": emotion_scores(inputs.labels, judge_labels(second_judge, inputs.images)),
+        }
     return EditEvaluation(inputs, edits, metrics)
 
 
@@ -224,30 +271,35 @@ def evaluate_editor(
 
 def markdown_report(metrics: dict, title: str, command: str | None = None) -> str:
     emotion, real = metrics["emotion"], metrics["real_inputs"]
+    second = metrics.get("second_judge")
     lines = [f"# {title}", ""]
     if command:
         lines += ["```", command, "```", ""]
+    second_header = (" F1, second judge | second judge F1 on real inputs |", "---|---|") if second else ("", "")
     lines += [
         f"{metrics['inputs']} inputs, each edited to all 7 emotions ({metrics['edits']} edits); "
         f"{metrics['seconds_per_input']:.3f} s per input face.",
         "",
-        "| target | precision | recall | F1 | judge F1 on real inputs | identity kept (<0.6) | median identity distance | Fréchet (judge features) | mean pixel change |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| target | precision | recall | F1 | judge F1 on real inputs |" + second_header[0]
+        + " identity kept (<0.6) | median identity distance | Fréchet (judge features) | mean pixel change |",
+        "|---|---|---|---|---|" + second_header[1] + "---|---|---|---|",
     ]
     realism = metrics["realism"]["frechet_judge_features"]
     for name in EMOTIONS:
         target = metrics["per_target"][name]
         fd = f"{realism[name]:.2f}" if name in realism else "–"
+        by_second = f" {second['emotion']['f1'][name]:.2f} | {second['real_inputs']['f1'][name]:.2f} |" if second else ""
         lines.append(
             f"| {name} | {emotion['precision'][name]:.2f} | {emotion['recall'][name]:.2f} | {emotion['f1'][name]:.2f} "
-            f"| {real['f1'][name]:.2f} | {target['identity_kept']:.0%} | {target['identity_median']:.3f} | {fd} | {target['change']:.1f} |"
+            f"| {real['f1'][name]:.2f} |{by_second} {target['identity_kept']:.0%} | {target['identity_median']:.3f} | {fd} | {target['change']:.1f} |"
         )
     identity = metrics["identity"]
     mean_fd = metrics["realism"]["mean"]
     mean_fd_text = "–" if mean_fd is None else f"{mean_fd:.2f}"
+    by_second = f" **{second['emotion']['macro_f1']:.3f}** (macro) | {second['real_inputs']['macro_f1']:.3f} (macro) |" if second else ""
     lines += [
-        f"| **all** | | | **{emotion['macro_f1']:.3f}** (macro) | {real['macro_f1']:.3f} (macro) "
-        f"| **{identity['kept_fraction']:.0%}** | {identity['median_distance']:.3f} | {mean_fd_text} "
+        f"| **all** | | | **{emotion['macro_f1']:.3f}** (macro) | {real['macro_f1']:.3f} (macro) |{by_second} "
+        f"**{identity['kept_fraction']:.0%}** | {identity['median_distance']:.3f} | {mean_fd_text} "
         f"| {metrics['change']['mean_abs_pixel']:.1f} |",
         "",
         f"SSIM to the input {identity['ssim']:.3f}, PSNR {identity['psnr']:.2f} dB. Identity: dlib ResNet face "
@@ -255,7 +307,8 @@ def markdown_report(metrics: dict, title: str, command: str | None = None) -> st
         "5-point landmarks; same person below 0.6). Realism: Fréchet distance between judge features of "
         "the edits and of the split's real faces of the target emotion — in FER features, which see "
         "expression, rather than ImageNet Inception features; lower is better, compare only within "
-        "this report's judge.",
+        "this report's judge."
+        + (f" Second judge: {second['model']}, another architecture and recipe; it only reports." if second else ""),
     ]
     return "\n".join(lines) + "\n"
 
@@ -317,18 +370,19 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | guidance | steps | keep detail | macro F1 | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | guidance | steps | keep detail | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
         knobs = ("–",) * 4 if r["mode"] == "gan" else (r["strength"], r["guidance"], r["steps"], "on" if r["keep_detail"] else "off")
+        second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
         lines.append(
-            f"| {r['model']}{mark} | {r['mode']} | {' | '.join(map(str, knobs))} | {r['macro_f1']:.3f} "
+            f"| {r['model']}{mark} | {r['mode']} | {' | '.join(map(str, knobs))} | {r['macro_f1']:.3f} | {second} "
             f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {r['seconds_per_input']:.3f} |"
         )
-    lines += ["", f"Choice rule: {rule}."]
+    lines += ["", f"Choice rule: {rule}, by the first judge; the second judge only reports."]
     return "\n".join(lines) + "\n"
 
 
@@ -368,6 +422,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "steps": settings and settings.steps,
         "keep_detail": bool(settings and settings.keep_detail),
         "macro_f1": metrics["emotion"]["macro_f1"],
+        "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],
         "identity_median": metrics["identity"]["median_distance"],
         "frechet": metrics["realism"]["mean"],

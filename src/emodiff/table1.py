@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from .denoiser import CONDITIONS
-from .evaluation import evaluate_editor, load_evaluation_inputs, write_report
+from .evaluation import SECOND_JUDGE, load_evaluation_inputs, write_report
 from .files import atomic_write
 from .labels import EMOTIONS
 from .runs import CHECKPOINT, METRICS, TRAINING_CONFIG
@@ -46,6 +46,7 @@ class Table1Config:
     split: str = "PublicTest"
     faces: str = "all"  # all of the split, or its tuning or reporting half (evaluation.split_part)
     judge: str = "judge"
+    second_judge: str | None = SECOND_JUDGE  # reports beside the judge; None: the judge alone
     scheduler: str = "ddim"
     seed: int = 0
     device: str = "auto"
@@ -206,8 +207,8 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
 
     _check(config)
     out = Path(config.out)
-    inputs, split, judge, identity = load_evaluation_inputs(
-        config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad, config.faces
+    setup = load_evaluation_inputs(
+        config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad, config.faces, config.second_judge
     )
     models = train_variants(config)
     protocols = {"paper protocol": paper_protocol(config.paper_steps), "emodiff defaults": config.settings}
@@ -217,7 +218,7 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
             print(f"evaluating {variant}, {protocol} ({describe(settings)})", flush=True)
             pipeline = EmotionEditPipeline.from_pretrained(model, scheduler=config.scheduler, device=config.device)
             editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=config.seed)  # noqa: E731
-            evaluation = evaluate_editor(editor, inputs, judge.to(pipeline.device), identity, reference=split)
+            evaluation = setup.evaluate(editor, pipeline.device)
             slug = protocol.replace(" ", "-")
             write_report(evaluation, out / "evaluations" / f"{slug}-{variant}", f"{variant}, {protocol} ({describe(settings)})")
             rows.append({"variant": variant, "protocol": protocol, "settings": asdict(settings), "metrics": evaluation.metrics})
@@ -225,7 +226,7 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
         print(f"evaluating {GAN_ROW}, {GAN_PROTOCOL}", flush=True)
         gan = GanEditor.from_pretrained(config.gan, device=config.device)
         editor = lambda faces, targets: gan.edit_faces(faces, targets)  # noqa: E731
-        evaluation = evaluate_editor(editor, inputs, judge.to(gan.device), identity, reference=split)
+        evaluation = setup.evaluate(editor, gan.device)
         write_report(evaluation, out / "evaluations" / "gan", f"{GAN_ROW}, {GAN_PROTOCOL}")
         rows.append({"variant": GAN_ROW, "protocol": GAN_PROTOCOL, "settings": None, "metrics": evaluation.metrics})
         models[GAN_ROW] = Path(config.gan)

@@ -47,13 +47,15 @@ class EncoderRecipe:
 ENCODER_RECIPES = {
     "cnn": EncoderRecipe(epochs=30, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
     "judge": EncoderRecipe(epochs=30, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
+    # the second judge's recipe differs on purpose (see TransformerJudge): wider augmentation, fewer epochs
+    "judge2": EncoderRecipe(epochs=20, lr=1e-3, weight_decay=0.05, augment=dict(flip=True, max_shift=0.12, max_rotate_deg=15.0, max_scale=0.15)),
     "vae": EncoderRecipe(epochs=20, lr=1e-3, weight_decay=0.0, augment=dict(flip=True)),
 }
 
 
 @dataclass
 class EncoderTrainConfig:
-    kind: str  # cnn | vae | judge
+    kind: str  # cnn | vae | judge | judge2
     data: str
     out: str
     epochs: int | None = None  # None: the kind's recipe
