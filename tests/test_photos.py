@@ -186,3 +186,25 @@ def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_t
     assert all(0 <= r["identity_distance"] < 2 and r["seam"] >= 0 for r in result["rows"])
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7
+
+
+def test_seam_score_ignores_texture_carried_far_by_a_warp_but_not_a_seam_on_it():
+    """A warp moves textured skin several pixels into places that were flat; aligned by optical
+    flow first, that is no seam. The same warp with a pasted-on step across a flat cheek is one."""
+    import cv2
+
+    from emodiff.photo_evaluation import seam_score
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:240, 0:240].astype(np.float32)
+    pixels = 120 + 0.1 * xx
+    for _ in range(40):  # dark blobs (pores, freckles, a mole) on smooth skin: features a warp can carry
+        cy, cx, r = rng.uniform(40, 200), rng.uniform(40, 200), rng.uniform(2, 5)
+        pixels -= 60 * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * r * r))
+    photo = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).convert("RGB")
+    bump = 7 * np.exp(-((yy - 120) ** 2 + (xx - 120) ** 2) / (2 * 45.0**2))  # moves the middle up to 7 px
+    warped = cv2.remap(pixels.astype(np.float32), xx + bump, yy + 0.5 * bump, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+    seamed = warped + np.where((yy > 60) & (yy < 180) & (xx > 150) & (xx < 200), 12, 0)
+    as_photo = lambda a: Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # noqa: E731
+    assert seam_score(photo, as_photo(warped)) <= 2.0
+    assert seam_score(photo, as_photo(seamed)) >= 8.0

@@ -4,10 +4,13 @@
   photo's own resolution (same person below 0.6);
 - emotion: the judge's verdict on the face re-cropped from the edited photo (per-target F1);
 - containment: pixels changed outside the face's crop square (must be 0);
-- seam: the 99.9th percentile of the difference map's gradient where the input is flat. A plain
-  gradient of the difference cannot tell a seam from a feature that moved (a warp changes the
-  photo most along its own edges), so pixels on and near the input's edges are left out: a step in
-  the change where the photo itself has none is what reads as a pasted-on edit.
+- seam: the 99.9th percentile of the step in the difference map where the photo is flat, after the
+  input has been aligned to the edit by dense optical flow. A plain gradient of the difference
+  cannot tell a seam from a feature that moved: a warp carries the photo's edges into places that
+  were flat (teeth where there was lip), and a difference map steps there. Aligned first, a moved
+  feature leaves no difference; a step in brightness where the photo has no edge (a pasted-on
+  patch) cannot be explained by moving pixels, and stays. A step counts where it shows both before
+  and after alignment, so the alignment's own resampling noise does not count either.
 """
 
 from __future__ import annotations
@@ -38,13 +41,36 @@ def _steps(values: np.ndarray) -> np.ndarray:
     return steps
 
 
+def aligned_input(before: np.ndarray, after: np.ndarray) -> np.ndarray:
+    """``before`` (float grey) moved onto ``after`` by OpenCV's DIS optical flow: what the edit
+    would be if it had only moved the photo's pixels."""
+    import cv2
+
+    to_u8 = lambda a: np.clip(np.rint(a), 0, 255).astype(np.uint8)  # noqa: E731
+    flow = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM).calc(to_u8(after), to_u8(before), None)
+    ys, xs = np.mgrid[0 : before.shape[0], 0 : before.shape[1]].astype(np.float32)
+    return cv2.remap(before.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
+
+
 def seam_score(original: Image.Image, edited: Image.Image, region: np.ndarray | None = None) -> float:
-    """How large a step the change makes where the input is flat, in grey levels per pixel."""
+    """How large a step the change makes where the photo is flat, once moved pixels are accounted
+    for (see the module docstring), in grey levels per pixel; measured in ``region``'s bounding box."""
     from scipy import ndimage
 
     before, after = _luma(original), _luma(edited)
-    step = _steps(after - before)
-    edges = _steps(ndimage.uniform_filter(before, 3)) >= FLAT
+    if region is not None:
+        rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
+        if not len(rows):
+            return 0.0
+        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+        before, after, region = before[box], after[box], region[box]
+    if np.array_equal(before, after):
+        return 0.0
+    aligned = aligned_input(before, after)
+    # a seam steps both in the plain difference and after alignment; a moved feature only in the
+    # first, the resampling noise of alignment (a level or two on smooth shading) only in the second
+    step = np.minimum(_steps(after - before), _steps(after - aligned))
+    edges = _steps(ndimage.uniform_filter(aligned, 3)) >= FLAT
     flat = ~ndimage.binary_dilation(edges, iterations=EDGE_MARGIN)
     if region is not None:
         flat &= region
