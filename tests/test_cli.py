@@ -115,6 +115,10 @@ def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["inputs"] == 7 and metrics["edits"] == 49
     assert "| **all** |" in (out / "report.md").read_text()
+    # the shipped second judge reports beside the first, on the same edits
+    assert metrics["second_judge"]["model"] == "TransformerJudge"
+    assert sum(map(sum, metrics["second_judge"]["emotion"]["confusion"])) == 49
+    assert "F1, second judge" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow
@@ -136,7 +140,12 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
 
 @pytest.mark.parametrize(
     "bad, message",
-    [(["--model", "nowhere"], "nowhere"), (["--strength", "1.5"], "strength"), (["--per-class", "0"], "--per-class")],
+    [
+        (["--model", "nowhere"], "nowhere"),
+        (["--strength", "1.5"], "strength"),
+        (["--per-class", "0"], "--per-class"),
+        (["--second-judge", "cnn"], "--second-judge cnn: a EmotionCNN, expected a judge"),
+    ],
 )
 def test_evaluate_refuses_bad_options_before_any_work(model_dir, fer_csv, tmp_path, capsys, bad, message):
     out = tmp_path / "eval"

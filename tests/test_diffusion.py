@@ -111,6 +111,38 @@ def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mo
     assert np.abs(kept[0, 0].astype(int) - x[0]).mean() > 1  # another target still changes the face
 
 
+def test_a_localised_change_keeps_pixels_far_from_it_bit_identical():
+    """A change in one corner: far from it the input stays exactly itself; at its centre it is applied whole."""
+    import torch
+
+    from emodiff.pipeline import change_mask
+
+    change = torch.zeros(1, 1, 48, 48)
+    change[..., 8:14, 8:14] = 40 / 127.5  # a 40-level change over a mouth-corner-sized patch
+    change[..., 30:48, 30:48] = 2 / 127.5  # a faint 2-level change elsewhere
+    mask = change_mask(change, levels=12.0)
+    assert torch.all(mask[..., 8:14, 8:14] > 0.97)  # the strong change: in full
+    assert torch.all(mask[..., 28:, 28:] == 0)  # the faint one, and what lies between: dropped exactly
+    row = mask[0, 0, 11]
+    assert 0 < row[17] < 0.9 and row[:30].diff().abs().max() < 0.3  # a fade beside the strong change, no step
+    assert torch.all((mask >= 0) & (mask <= 1))
+
+
+def test_localise_edits_only_where_the_change_is_strong_and_keeps_the_rest_of_the_input():
+    pipe = tiny_pipeline("label")  # untrained: large changes everywhere, so use a high level
+    x, source = faces(2, seed=4), [2, 5]
+    settings = EditSettings(mode="invert", strength=0.6, steps=5)
+    full = pipe.edit_faces(x, [0, 3], settings, source_labels=source, seed=1)
+    local = pipe.edit_faces(x, [0, 3], dataclasses.replace(settings, localise=60.0), source_labels=source, seed=1)
+    change = np.abs(full.astype(int) - x[:, None])
+    kept = local == x[:, None]
+    assert kept.mean() > 0.2 and (~kept).mean() > 0.05  # some pixels exactly the input, some edited
+    strong = change > 90  # where the full change is strongest, the localised edit follows it
+    assert strong.any() and np.abs(local.astype(int) - full.astype(int))[strong].mean() < 0.35 * change[strong].mean()
+    with pytest.raises(ValueError, match="keep_detail"):
+        EditSettings(mode="sdedit", keep_detail=False, localise=8.0)
+
+
 def test_keep_detail_decodes_a_source_emotion_that_is_also_a_target_once(monkeypatch):
     pipe = tiny_pipeline("label")
     decoded, denoise = [], pipe._denoise

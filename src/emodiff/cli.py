@@ -101,6 +101,9 @@ def _edit(p):
         "so texture the model cannot reproduce stays the input's own; one more decode per face; not with --mode paper "
         "(default: on with --mode invert, off otherwise)",
     )
+    p.add_argument("--localise", type=float, default=defaults.localise, help="with --keep-detail: keep the input exactly where "
+                   "the change (blurred over 2 pixels of the 48x48 face) is under half this many grey levels, apply it in full "
+                   f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
 
 
 def _training(p):
@@ -309,7 +312,8 @@ def _cmd_sweep(args) -> int:
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
-                grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail))
+                for localise in args.localises if keep_detail else (0.0,):
+                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
     rows = []
@@ -573,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
     p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
     p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
+    p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
     p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
     p.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")
     p.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")

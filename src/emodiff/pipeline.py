@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
@@ -124,6 +125,29 @@ class FaceEditor(abc.ABC):
         edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed)
         bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
         return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
+
+
+LOCALISE_BLUR = 2.0  # pixels of a 48x48 face: a brow or a mouth corner, not a single pixel's noise
+
+
+def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
+    """Where a change (B, 1, H, W, in [-1, 1] units) is applied: 0 where its magnitude, blurred by a
+    Gaussian of LOCALISE_BLUR pixels, is under ``levels`` / 2 grey levels, 1 from ``levels`` up, a
+    smoothstep between; then grown by twice the blur and blurred again, so the mask fades over a few
+    pixels outside the change instead of stepping, and stays 1 on it. The blur's support is finite,
+    so the input stays exactly itself far from what the expression moves."""
+    radius = int(3 * LOCALISE_BLUR)
+    taps = torch.exp(-(torch.arange(-radius, radius + 1, device=change.device, dtype=torch.float32) ** 2) / (2 * LOCALISE_BLUR**2))
+    taps = taps / taps.sum()
+
+    def blur(image: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(image, (radius, radius, radius, radius), mode="replicate")
+        return F.conv2d(F.conv2d(padded, taps.view(1, 1, 1, -1)), taps.view(1, 1, -1, 1))
+
+    ramp = ((blur(change.abs().float() * 127.5) - levels / 2) / (levels / 2)).clamp(0, 1)  # grey levels
+    grow = int(2 * LOCALISE_BLUR)
+    grown = F.max_pool2d(ramp * ramp * (3 - 2 * ramp), 2 * grow + 1, stride=1, padding=grow)
+    return blur(grown).clamp(0, 1)
 
 
 class EmotionEditPipeline(FaceEditor):
@@ -274,7 +298,10 @@ class EmotionEditPipeline(FaceEditor):
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
             reference = decoded[[begin + row.index(own) for begin, row, own in zip(first, rows, source.tolist())]]
-            edited = (x0[:, None] + edited - reference[:, None]).clamp(-1, 1)
+            change = edited - reference[:, None]
+            if settings.localise:
+                change = change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
+            edited = (x0[:, None] + change).clamp(-1, 1)
         return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps

@@ -111,6 +111,7 @@ def describe(settings: EditSettings) -> str:
     if settings.mode == "paper":
         return f"from pure noise, {settings.steps} steps, {guidance}"
     detail = ", input detail kept" if settings.keep_detail else ""
+    detail += f", change localised ({settings.localise:g} grey levels)" if settings.localise else ""
     return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, {guidance}{detail}"
 
 
