@@ -32,6 +32,8 @@ def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_
     summary = json.loads((out / "table1.json").read_text())
     assert len(summary["rows"]) == 6
     assert all(r["metrics"]["edits"] == 49 for r in summary["rows"])
+    assert all(sum(map(sum, r["metrics"]["second_judge"]["emotion"]["confusion"])) == 49 for r in summary["rows"])
+    assert "| macro F1 | macro F1, second judge |" in table
     assert {v: r["images_seen"] for v, r in summary["runs"].items()} == {v: 2000 // 64 * 64 for v in PAPER_TABLE1}
     assert all("CPU" in r["hardware"] for r in summary["runs"].values())
 
