@@ -208,3 +208,39 @@ def test_seam_score_ignores_texture_carried_far_by_a_warp_but_not_a_seam_on_it()
     as_photo = lambda a: Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # noqa: E731
     assert seam_score(photo, as_photo(warped)) <= 2.0
     assert seam_score(photo, as_photo(seamed)) >= 8.0
+
+
+def test_photo_variants_are_harder_copies_in_which_the_face_is_still_found(photo_path):
+    from emodiff.photo_evaluation import VARIANTS, bar_polygon, photo_variants
+    from emodiff.photos import Preparer, load_photo
+
+    photo = load_photo(photo_path)
+    prepare = Preparer("largest")
+    face = prepare(photo).faces[0]
+    variants = photo_variants(photo, face)
+    assert tuple(variants) == VARIANTS
+    assert variants["grey"].mode == "L" and variants["rotated"].size == photo.size
+    small_face = prepare(variants["small"]).faces[0]
+    assert 40 <= small_face.box[2] - small_face.box[0] <= 90  # about 60 pixels across
+    (lx, ly), (rx, ry) = prepare(variants["rotated"]).faces[0].left_eye, prepare(variants["rotated"]).faces[0].right_eye
+    assert 12 <= abs(np.degrees(np.arctan2(ry - ly, rx - lx)) - np.degrees(np.arctan2(face.right_eye[1] - face.left_eye[1], face.right_eye[0] - face.left_eye[0]))) <= 28
+    bar = np.asarray(variants["occluded"].convert("L"))
+    xs, ys = zip(*bar_polygon(face))
+    assert bar[int(np.mean(ys)), int(np.mean(xs))] == 40  # the bar sits where the polygon says, below the eyes
+    assert np.mean(ys) > face.left_eye[1] + 0.5 * (face.box[3] - face.box[1]) * 0.5
+
+
+@pytest.mark.slow
+def test_evaluate_photos_with_variants_measures_each_copy_and_the_occluder(model_dir, tmp_path, photo_path):
+    import json
+
+    out = tmp_path / "photos"
+    args = ["evaluate-photos", str(photo_path), "--variants", "--model", str(model_dir), "--out", str(out), "--steps", "2", "--device", "cpu"]
+    assert main(args) == 0
+    result = json.loads((out / "metrics.json").read_text())
+    photos = {r["photo"] for r in result["rows"]}
+    assert photos == {"astronaut.jpg"} | {f"astronaut.jpg ({kind})" for kind in ("rotated", "small", "grey", "occluded")}
+    assert result["metrics"]["edits"] == 35 and result["metrics"]["outside_changed"] == 0
+    assert 0 <= result["metrics"]["occluder_changed"] <= 1
+    assert all((r["occluder_changed"] is None) != r["photo"].endswith("(occluded)") for r in result["rows"])
+    assert "| astronaut.jpg (small) |" in (out / "report.md").read_text()

@@ -370,7 +370,7 @@ def _cmd_evaluate_photos(args) -> int:
         raise ValueError("; ".join(problems) or "no photos given")
     judge = load_judge(args.judge, "--judge")
     pipeline = _pipeline(args)
-    evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judge.to(pipeline.device), seed=args.seed)
+    evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judge.to(pipeline.device), seed=args.seed, variants=args.variants)
     write_photo_report(evaluation, Path(args.out), _command_line())
     m = evaluation.metrics
     print(f"macro F1 {m['macro_f1']:.3f}, identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
@@ -556,12 +556,15 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-photos", _cmd_evaluate_photos, "measure photo edits: identity at the photo's resolution, emotion, seams, containment",
         "Edit the largest face of each photo to all 7 emotions and measure every edited photo: dlib's face-descriptor "
         "distance to the input face at the photo's resolution (identity kept below 0.6), the judge's verdict on the face "
-        "re-cropped from the edited photo (per-emotion F1), a seam score (the 99.9th percentile of the change's gradient "
-        "where the input is flat, in grey levels per pixel; 0 for an unedited photo) and the pixels changed outside the "
-        "face (must be 0). Writes OUT/report.md, OUT/metrics.json and OUT/contact_sheet.png (each photo's face and its 7 edits).",
+        "re-cropped from the edited photo (per-emotion F1), a seam score (the 99.9th percentile of the change's step "
+        "where the photo is flat, once the input is moved onto the edit by optical flow, in grey levels per pixel; 0 for an "
+        "unedited photo) and the pixels changed outside the face (must be 0). Writes OUT/report.md, OUT/metrics.json and "
+        "OUT/contact_sheet.png (each photo's face and its 7 edits).",
         [model, edit, device],
     )  # fmt: skip
     p.add_argument("photos", nargs="+", help="photos, or folders of them (e.g. ../shared/photos)")
+    p.add_argument("--variants", action="store_true", help="also measure harder copies of each photo: turned 20°, shrunk to "
+                   "a 60-pixel face, grayscale, and with a dark bar across the mouth")  # fmt: skip
     p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
     p.add_argument("--out", required=True, help="output directory")
 

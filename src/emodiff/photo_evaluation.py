@@ -119,39 +119,109 @@ class PhotoEvaluation:
     sheet: Image.Image
 
 
-def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0) -> PhotoEvaluation:
-    """Edit the largest face of every photo to all 7 emotions and measure each edited photo."""
+VARIANTS = ("rotated", "small", "grey", "occluded")
+TURN_DEGREES = 20.0
+SMALL_FACE = 60  # pixels across the detected face box in the "small" copy
+BAR = (0.5, 0.74, 0.62, 0.13)  # the occluding bar: centre x, y, width, height, as fractions of the crop side
+
+
+def photo_variants(photo: Image.Image, face) -> dict[str, Image.Image]:
+    """Harder copies of a photo for measuring the photo path beyond frontal, well-lit, big faces:
+    turned 20° about the face, shrunk until the face is about 60 pixels wide, grayscale, and with a
+    dark bar drawn across the mouth (a microphone or a hand; the edit must leave it alone)."""
+    from PIL import ImageDraw
+
+    cx, cy = (face.box[0] + face.box[2]) / 2, (face.box[1] + face.box[3]) / 2
+    scale = SMALL_FACE / max(1, face.box[2] - face.box[0])
+    small = photo.resize((max(16, round(photo.width * scale)), max(16, round(photo.height * scale))), Image.LANCZOS)
+    occluded = photo.copy()
+    ImageDraw.Draw(occluded).polygon(bar_polygon(face), fill=(40,) * len(photo.getbands()))
+    return {
+        "rotated": photo.rotate(TURN_DEGREES, resample=Image.BICUBIC, center=(cx, cy)),
+        "small": small,
+        "grey": photo.convert("L"),
+        "occluded": occluded,
+    }
+
+
+def bar_polygon(face) -> list[tuple[float, float]]:
+    """The occluding bar's corners in photo pixels, placed across the mouth through the face's crop frame."""
+    from .data import IMAGE_SIZE
+
+    a, b, c, d, e, f = face.crop_to_photo(IMAGE_SIZE)
+    x, y, w, h = (v * IMAGE_SIZE for v in BAR)
+    corners = [(x - w / 2, y - h / 2), (x + w / 2, y - h / 2), (x + w / 2, y + h / 2), (x - w / 2, y + h / 2)]
+    return [(a * u + b * v + c, d * u + e * v + f) for u, v in corners]
+
+
+def _polygon_mask(photo: Image.Image, polygon) -> np.ndarray:
+    from PIL import ImageDraw
+
+    mask = Image.new("L", photo.size, 0)
+    ImageDraw.Draw(mask).polygon(polygon, fill=255)
+    return np.asarray(mask) > 0
+
+
+def _changed_fraction(original: Image.Image, edited: Image.Image, where: np.ndarray) -> float:
+    """The fraction of the pixels in ``where`` that the edit changed at all."""
+    a, b = np.asarray(original), np.asarray(edited)
+    differs = a != b if a.ndim == 2 else np.any(a != b, axis=-1)
+    return float(differs[where].mean())
+
+
+def _mean_or_none(values: list[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0, variants: bool = False) -> PhotoEvaluation:
+    """Edit the largest face of every photo (and, with ``variants``, of its harder copies,
+    ``photo_variants``) to all 7 emotions and measure each edited photo. A copy in which no face is
+    found is counted (``faces_missed``), not measured."""
     from .assets import face_box, view
     from .evaluation import emotion_scores, judge_labels
     from .grid import labelled_grid
-    from .photos import Preparer, crop, load_photo
+    from .photos import NoFaceError, Preparer, crop, load_photo
 
     prepare, identity = Preparer("largest"), PhotoIdentity()
     targets = list(range(len(EMOTIONS)))
-    rows, sheet_rows, names = [], [], []
+    rows, sheet_rows, names, missed = [], [], [], []
     for path in paths:
-        photo = load_photo(path)
-        prepared = prepare(photo)
-        (outputs,), _, _ = pipeline.edit_prepared([prepared], targets, settings, seed=seed)
-        face = prepared.faces[0]
-        region = crop_region(photo, face)
-        reference = identity.descriptor(photo, face)
-        recropped = np.stack([crop(edited, face) for edited in outputs])
-        verdicts = judge_labels(judge, recropped)
-        for target, edited, verdict in zip(targets, outputs, verdicts):
-            rows.append({
-                "photo": Path(path).name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict)],
-                "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
-                "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
-            })  # fmt: skip
-        box = face_box(prepared, photo)
-        sheet_rows.append([view(photo, box)] + [view(edited, box) for edited in outputs])
-        names.append(Path(path).stem)
+        original = load_photo(path)
+        inputs, bar = [(Path(path).name, original)], None
+        if variants:
+            found = prepare(original).faces[0]
+            inputs += [(f"{Path(path).name} ({kind})", image) for kind, image in photo_variants(original, found).items()]
+            bar = _polygon_mask(original, bar_polygon(found))
+        for name, photo in inputs:
+            try:
+                prepared = prepare(photo)
+            except NoFaceError:
+                missed.append(name)
+                continue
+            (outputs,), _, _ = pipeline.edit_prepared([prepared], targets, settings, seed=seed)
+            face = prepared.faces[0]
+            region = crop_region(photo, face)
+            reference = identity.descriptor(photo, face)
+            recropped = np.stack([crop(edited, face) for edited in outputs])
+            verdicts = judge_labels(judge, recropped)
+            for target, edited, verdict in zip(targets, outputs, verdicts):
+                rows.append({
+                    "photo": name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict)],
+                    "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
+                    "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
+                    "occluder_changed": _changed_fraction(photo, edited, bar) if name.endswith("(occluded)") else None,
+                })  # fmt: skip
+            box = face_box(prepared, photo)
+            sheet_rows.append([view(photo, box)] + [view(edited, box) for edited in outputs])
+            names.append(Path(name).stem if name == Path(path).name else name)
+    if not rows:
+        raise ValueError(f"no face found in any photo: {', '.join(missed)}")
     distances = np.array([r["identity_distance"] for r in rows])
     emotion = emotion_scores(np.array([EMOTIONS.index(r["target"]) for r in rows]), np.array([EMOTIONS.index(r["judged"]) for r in rows]))
     metrics = {
-        "photos": len(paths),
+        "photos": len(rows) // len(targets),
         "edits": len(rows),
+        "faces_missed": missed,
         "macro_f1": emotion["macro_f1"],
         "f1": emotion["f1"],
         "identity_kept": float(np.mean(distances < IDENTITY_THRESHOLD)),
@@ -159,6 +229,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0)
         "seam_median": float(np.median([r["seam"] for r in rows])),
         "seam_max": float(max(r["seam"] for r in rows)),
         "outside_changed": int(sum(r["outside_changed"] for r in rows)),
+        "occluder_changed": _mean_or_none([r["occluder_changed"] for r in rows if r["occluder_changed"] is not None]),
     }
     sheet = labelled_grid(np.asarray(sheet_rows), names, ["input", *EMOTIONS], scale=1)
     return PhotoEvaluation(rows, metrics, sheet)
@@ -172,7 +243,8 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        f"{m['photos']} photos, each edited to all 7 emotions ({m['edits']} edited photos).",
+        f"{m['photos']} photos, each edited to all 7 emotions ({m['edits']} edited photos)"
+        + (f"; no face found in {', '.join(m['faces_missed'])}." if m.get("faces_missed") else "."),
         "",
         "| photo | target | judged | identity distance | seam | pixels changed outside the face |",
         "|---|---|---|---|---|---|",
@@ -186,8 +258,17 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
         f"Macro F1 of the judge on the re-cropped faces **{m['macro_f1']:.3f}**; identity kept (distance < {IDENTITY_THRESHOLD}, "
         f"at the photo's resolution) **{m['identity_kept']:.0%}** (median {m['identity_median']:.3f}); seam score median "
         f"{m['seam_median']:.2f}, largest {m['seam_max']:.2f} grey levels per pixel (an unedited photo scores 0); pixels "
-        f"changed outside the faces: {m['outside_changed']}.",
+        f"changed outside the faces: {m['outside_changed']}."
+        + (f" Pixels of the bar across the mouth changed: {m['occluder_changed']:.1%} (the edit should leave it alone)." if m.get("occluder_changed") is not None else ""),
+        "",
+        "| photo | judged as the target | identity kept | seam median |",
+        "|---|---|---|---|",
     ]
+    for photo in dict.fromkeys(r["photo"] for r in evaluation.rows):
+        mine = [r for r in evaluation.rows if r["photo"] == photo]
+        right = sum(r["target"] == r["judged"] for r in mine)
+        kept = np.mean([r["identity_distance"] < IDENTITY_THRESHOLD for r in mine])
+        lines.append(f"| {photo} | {right} of {len(mine)} | {kept:.0%} | {np.median([r['seam'] for r in mine]):.2f} |")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.md", lambda t: t.write_text("\n".join(lines) + "\n"))
     atomic_write(out / "metrics.json", lambda t: t.write_text(json.dumps({"metrics": m, "rows": evaluation.rows}, indent=2)))
