@@ -298,10 +298,12 @@ class EmotionEditPipeline(FaceEditor):
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
             reference = decoded[[begin + row.index(own) for begin, row, own in zip(first, rows, source.tolist())]]
-            change = edited - reference[:, None]
             if settings.localise:
-                change = change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
-            edited = (x0[:, None] + change).clamp(-1, 1)
+                change = edited - reference[:, None]
+                edited = x0[:, None] + change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
+            else:  # summed in this order since before --localise: the shipped edits stay bit-identical
+                edited = x0[:, None] + edited - reference[:, None]
+            edited = edited.clamp(-1, 1)
         return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
