@@ -83,14 +83,18 @@ def crop_region(photo: Image.Image, face) -> np.ndarray:
     return face.inside_crop(xs, ys)
 
 
+def _differs(original: Image.Image, edited: Image.Image) -> np.ndarray:
+    """Per pixel: does the edit differ from the original in any channel."""
+    a, b = np.asarray(original), np.asarray(edited)
+    return a != b if a.ndim == 2 else np.any(a != b, axis=-1)
+
+
 def outside_changes(original: Image.Image, edited: Image.Image, faces) -> int:
     """Pixels that differ anywhere outside every edited face's crop square."""
     inside = np.zeros((original.height, original.width), bool)
     for face in faces:
         inside |= crop_region(original, face)
-    a, b = np.asarray(original), np.asarray(edited)
-    differs = a != b if a.ndim == 2 else np.any(a != b, axis=-1)
-    return int((differs & ~inside).sum())
+    return int((_differs(original, edited) & ~inside).sum())
 
 
 class PhotoIdentity:
@@ -164,9 +168,7 @@ def _polygon_mask(photo: Image.Image, polygon) -> np.ndarray:
 
 def _changed_fraction(original: Image.Image, edited: Image.Image, where: np.ndarray) -> float:
     """The fraction of the pixels in ``where`` that the edit changed at all."""
-    a, b = np.asarray(original), np.asarray(edited)
-    differs = a != b if a.ndim == 2 else np.any(a != b, axis=-1)
-    return float(differs[where].mean())
+    return float(_differs(original, edited)[where].mean())
 
 
 def _mean_or_none(values: list[float]) -> float | None:
