@@ -69,7 +69,11 @@ def test_resume_equals_uninterrupted_training(fer_csv, tmp_path, vae_dir, cond):
     train_diffusion(_config(fer_csv, tmp_path / "full", cond=cond, encoder=encoder))
     parted = tmp_path / "parted"
     assert train_diffusion(_config(fer_csv, parted, cond=cond, encoder=encoder, stop_at_step=3))["step"] == 3
-    assert train_diffusion(_config(fer_csv, parted, cond=cond, encoder=encoder, resume=True))["step"] == 8
+    with pytest.raises(ValueError, match=r"started with lr=0.0003 \(this call: 0.001\)"):
+        train_diffusion(_config(fer_csv, parted, cond=cond, encoder=encoder, resume=True, lr=1e-3))
+    # options left out (architecture, budget, batch size, encoder) come from the run's record
+    resumed_config = DiffusionTrainConfig(cond=cond, data=str(fer_csv), out=str(parted), device="cpu", resume=True)
+    assert train_diffusion(resumed_config)["step"] == 8
     full, resumed = load_file(str(tmp_path / "full" / CHECKPOINT)), load_file(str(parted / CHECKPOINT))
     assert full.keys() == resumed.keys() and any(k.startswith("ema.") for k in full)
     for key in full:

@@ -9,7 +9,9 @@ carried, so a resumed run draws exactly the batches and noise the uninterrupted 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import sys
 import shutil
 import signal
 import threading
@@ -82,6 +84,57 @@ def load_checkpoint(path: Path, modules: dict[str, nn.Module], optimizer, schedu
             f"{path}: cannot resume from this checkpoint ({str(error).splitlines()[0]}); it is corrupt or from "
             "another model: delete it to start the run over, or use another --out"
         ) from None
+
+
+# What one invocation may change in a resumed run; everything else is the run's recipe.
+INVOCATION_FIELDS = frozenset({"data", "out", "device", "checkpoint_minutes", "sample_minutes", "log_every", "skip_bad", "resume", "stop_at_step"})
+BUDGET_FIELDS = frozenset({"images", "minutes", "epochs"})  # may be raised to extend a run
+
+
+def with_recorded_recipe(config):
+    """``config`` as the run in ``config.out`` was started, when resuming it.
+
+    A resume that silently took today's defaults would change the run halfway (a cosine fine-tune
+    resumed as a constant-rate run from scratch weights, say). So options left at their defaults
+    take the recorded values, a budget may be given anew, and any other option that contradicts the
+    record is refused.
+    """
+    from safetensors import safe_open
+
+    path = Path(config.out) / CHECKPOINT
+    if not (config.resume and path.is_file()):
+        return config
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            recorded = json.loads(handle.metadata()["state"]).get("config")
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError):
+        return config  # restoring reports a broken checkpoint with its own message
+    if not recorded:
+        return config
+
+    def same(a, b) -> bool:
+        return (list(a) if isinstance(a, (tuple, list)) else a) == (list(b) if isinstance(b, (tuple, list)) else b)
+
+    taken, conflicts = {}, []
+    for field in dataclasses.fields(config):
+        name, asked = field.name, getattr(config, field.name)
+        if name in INVOCATION_FIELDS or name not in recorded or same(asked, recorded[name]):
+            continue
+        if name in BUDGET_FIELDS and asked is not None:
+            continue
+        if field.default is dataclasses.MISSING or not same(asked, field.default):
+            conflicts.append(f"{name}={recorded[name]!r} (this call: {asked!r})")
+            continue
+        value = recorded[name]
+        taken[name] = tuple(value) if isinstance(field.default, tuple) else value
+    if conflicts:
+        raise ValueError(
+            f"{config.out} was started with {', '.join(conflicts)}: a resumed run keeps its recipe; "
+            "leave those options out, or start a new run with another --out"
+        )
+    if taken:
+        print(f"resuming {config.out} with its recorded " + ", ".join(f"{k}={v!r}" for k, v in taken.items()), file=sys.stderr)
+    return dataclasses.replace(config, **taken)
 
 
 class MetricsLog:

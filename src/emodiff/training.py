@@ -18,7 +18,7 @@ from .devices import batch_piece, describe_hardware
 from .encoders import ENCODER_CLASSES, FaceVAE, load_encoder
 from .files import save_image, save_model_dir
 from .labels import EMOTIONS
-from .runs import Run
+from .runs import Run, with_recorded_recipe
 
 
 def training_faces(data: str, skip_bad: bool) -> tuple[FaceSet, FaceSet]:
@@ -116,6 +116,7 @@ def write_reconstructions(vae: FaceVAE, faces: FaceSet, path: Path, count: int =
 
 def train_encoder(config: EncoderTrainConfig) -> dict:
     """Train a CNN encoder, VAE or judge on Training; validate on PublicTest every epoch."""
+    config = with_recorded_recipe(config)
     if config.kind not in ENCODER_CLASSES:
         raise ValueError(f"unknown encoder kind {config.kind!r}: expected one of {', '.join(ENCODER_CLASSES)}")
     recipe = ENCODER_RECIPES[config.kind]
@@ -270,6 +271,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
     from .denoiser import NULL_LABEL, EmotionDenoiser
     from .pipeline import EmotionEditPipeline, sampling_scheduler, training_scheduler
 
+    config = with_recorded_recipe(config)
     budget_images = _check_diffusion_config(config)
     start = EmotionEditPipeline.from_pretrained(config.init, device="cpu") if config.init else None
     if start is not None and start.denoiser.config.cond != config.cond:
@@ -431,6 +433,7 @@ def train_gan(config: GanTrainConfig) -> dict:
 
     from .gan import ExpressionDiscriminator, ExpressionGenerator, GanEditor
 
+    config = with_recorded_recipe(config)
     if config.images is not None and config.images < config.batch_size:
         raise ValueError(f"--images {config.images}: less than one batch of {config.batch_size}")
     budget_images = config.images if config.images or config.minutes else 600_000
