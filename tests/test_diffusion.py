@@ -355,3 +355,64 @@ def test_per_emotion_guidance_loads_from_the_model_directory_and_guidance_overri
     (directory / EDIT_DEFAULTS).write_text(json.dumps({"guidance": {"elated": 3.0}}))
     with pytest.raises(ModelLoadError, match="edit_defaults.json"):
         EmotionEditPipeline.from_pretrained(directory, device="cpu")
+
+
+def _tiny_trained_guide():
+    """A tiny noise-aware classifier taught a task it can learn in seconds: class c is a bright bar in row band c."""
+    from emodiff.encoders import NoisyEmotionClassifier
+
+    torch.manual_seed(0)
+    guide = NoisyEmotionClassifier(widths=(8, 16), time_dim=16)
+    optimizer = torch.optim.Adam(guide.parameters(), 1e-3)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        labels = torch.randint(0, 7, (32,), generator=generator)
+        images = torch.rand(32, 1, 48, 48, generator=generator) * 0.4 - 0.2
+        for row, label in enumerate(labels.tolist()):
+            images[row, :, 6 * label + 3 : 6 * label + 9, 8:40] = 0.9
+        loss, _ = guide.training_loss(images, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return guide.eval()
+
+
+def test_classifier_guidance_raises_the_targets_probability_under_the_guiding_classifier(tmp_path):
+    from emodiff.data import to_tensor
+    from emodiff.encoders import NoisyEmotionClassifier
+
+    guide = _tiny_trained_guide()
+    pipe = tiny_pipeline("label")
+    pipe._guide = guide
+    pipe.to("cpu", bf16=False)
+    x, targets, source = faces(3, seed=2), [0, 3, 6], [1, 2, 4]
+
+    def edit(scale: float) -> np.ndarray:
+        return pipe.edit_faces(x, targets, EditSettings(strength=0.6, steps=5, classifier_guidance=scale), source_labels=source, seed=1)
+
+    def target_probability(edits: np.ndarray) -> float:
+        with torch.no_grad():
+            probs = guide.logits(to_tensor(edits.reshape(-1, 48, 48))).softmax(-1).view(3, len(targets), -1)
+        return float(np.mean([probs[face, j, target].item() for face in range(3) for j, target in enumerate(targets)]))
+
+    plain, guided = edit(0.0), edit(10.0)
+    assert target_probability(guided) > target_probability(plain) + 0.3
+    assert target_probability(edit(3.0)) > target_probability(plain) + 0.1  # a gentler push, a smaller rise
+    np.testing.assert_array_equal(plain, pipe.edit_faces(x, targets, EditSettings(strength=0.6, steps=5), source_labels=source, seed=1))
+    own = pipe.edit_faces(x[:1], [1], EditSettings(strength=0.6, steps=5, classifier_guidance=10.0), source_labels=[1], seed=1)
+    np.testing.assert_array_equal(own[0, 0], x[0])  # editing to the source emotion still returns the input
+    pipe.save_pretrained(tmp_path)  # a model directory carries its own guiding classifier
+    loaded = EmotionEditPipeline.from_pretrained(tmp_path, device="cpu").to("cpu", bf16=False)
+    assert isinstance(loaded.guide, NoisyEmotionClassifier)
+    loaded._classifier = pipe.classifier
+    np.testing.assert_array_equal(loaded.edit_faces(x, targets, EditSettings(strength=0.6, steps=5, classifier_guidance=10.0), source_labels=source, seed=1), guided)
+
+
+def test_classifier_guidance_without_a_guiding_classifier_says_how_to_get_one(monkeypatch, tmp_path):
+    import emodiff.pipeline
+
+    monkeypatch.setattr(emodiff.pipeline, "SHIPPED_WEIGHTS", tmp_path)
+    with pytest.raises(FileNotFoundError, match="train-encoder guide"):
+        tiny_pipeline("label").edit_faces(faces(1), [0], EditSettings(steps=2, classifier_guidance=1.0), source_labels=[1])
+    with pytest.raises(ValueError, match="classifier_guidance must be >= 0"):
+        EditSettings(classifier_guidance=-1.0)

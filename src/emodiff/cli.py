@@ -104,6 +104,10 @@ def _edit(p):
     p.add_argument("--localise", type=float, default=defaults.localise, help="with --keep-detail: keep the input exactly where "
                    "the change (blurred over 2 pixels of the 48x48 face) is under half this many grey levels, apply it in full "
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
+    p.add_argument("--classifier-guidance", type=float, default=defaults.classifier_guidance, help="scale of classifier guidance: "
+                   "each decoding step also follows the gradient of a noise-aware emotion classifier's log-probability of the "
+                   "target (the model directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions "
+                   f"the label alone draws faintly (default: {defaults.classifier_guidance:g} = off)")  # fmt: skip
 
 
 def _training(p):
@@ -312,8 +316,8 @@ def _cmd_sweep(args) -> int:
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
-                for localise in args.localises if keep_detail else (0.0,):
-                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise))
+                for localise, pushed in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances):
+                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise, classifier_guidance=pushed))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
     rows = []
@@ -423,14 +427,15 @@ def build_parser() -> argparse.ArgumentParser:
         return sub
 
     p = command(
-        "train-encoder", _cmd_train_encoder, "train a semantic encoder (cnn, vae) or an evaluation judge (judge, judge2) on FER-2013",
-        "Train the CNN emotion encoder, the VAE encoder, the judge (ResNet) or the second judge (judge2: conv stem + "
-        "transformer, its own recipe) on the Training split, validating on PublicTest after "
+        "train-encoder", _cmd_train_encoder, "train a semantic encoder (cnn, vae), an evaluation judge (judge, judge2) or the guiding classifier (guide) on FER-2013",
+        "Train the CNN emotion encoder, the VAE encoder, the judge (ResNet), the second judge (judge2: conv stem + "
+        "transformer, its own recipe) or the noise-aware classifier that --classifier-guidance follows (guide: the emotion "
+        "of a noisy face at a diffusion timestep) on the Training split, validating on PublicTest after "
         "every epoch. Writes OUT/config.json + OUT/diffusion_pytorch_model.safetensors (the model), OUT/metrics.csv (one row "
         "per epoch) and OUT/checkpoint.safetensors (every few minutes, for --resume).", [training],
     )  # fmt: skip
-    p.add_argument("kind", choices=("cnn", "vae", "judge", "judge2"), help="which model to train")
-    p.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, judge2 20, vae 20)")
+    p.add_argument("kind", choices=("cnn", "vae", "judge", "judge2", "guide"), help="which model to train")
+    p.add_argument("--epochs", type=int, default=None, help="passes over Training (default: cnn 30, judge 30, judge2 20, vae 20, guide 15)")
     p.add_argument("--batch-size", type=int, default=128, help="images per optimizer step, over all processes (default: 128)")
     p.add_argument("--lr", type=float, default=None, help="peak AdamW learning rate (default: the kind's recipe)")
     p.add_argument("--init", default=None, help="start from the weights of this trained model directory of the same kind "
@@ -581,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
     p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
+    p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")
     p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
     p.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")
     p.add_argument("--seed", type=int, default=0, help="seed of input choice and noise (default: 0)")

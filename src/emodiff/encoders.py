@@ -232,6 +232,74 @@ class TransformerJudge(EmotionClassifier):
 JUDGE_CLASSES = (EmotionJudge, TransformerJudge)
 
 
+class NoisyEmotionClassifier(EmotionClassifier):
+    """The guiding classifier of classifier guidance (Dhariwal & Nichol, 2021): the emotion of a
+    *noisy* face x_t at diffusion timestep t, trained on the diffusion's own noise schedule, so its
+    gradient means something at every step of a decode. Its own small network and training run:
+    neither judge ever guides, or the judges would grade their own pushes.
+    """
+
+    @register_to_config
+    def __init__(
+        self,
+        widths: tuple[int, ...] = (32, 64, 128),
+        time_dim: int = 128,
+        num_classes: int = len(EMOTIONS),
+        dropout: float = 0.3,
+        label_smoothing: float = 0.1,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        image_size: int = IMAGE_SIZE,
+    ):
+        from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+
+        super().__init__()
+        self.time_proj = Timesteps(time_dim, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(time_dim, time_dim)
+        self.stages, self.time_biases, channels = nn.ModuleList(), nn.ModuleList(), 1
+        for width in widths:  # conv, conv + the timestep's per-channel bias, pool
+            self.stages.append(nn.ModuleList([nn.Sequential(*_conv_bn_relu(channels, width), nn.Conv2d(width, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width)), nn.MaxPool2d(2)]))
+            self.time_biases.append(nn.Linear(time_dim, width))
+            channels = width
+        side = image_size // 2 ** len(widths)  # a flat head, not pooling: where a feature is (mouth, brows) is the emotion
+        self.head = nn.Sequential(nn.Flatten(), nn.Dropout(dropout), nn.Linear(channels * side * side, num_classes))
+        betas = torch.linspace(beta_start, beta_end, num_train_timesteps, dtype=torch.float64)  # DDPM's linear schedule
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0).float(), persistent=False)
+
+    def logits(self, images: torch.Tensor, timesteps: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of noisy faces at ``timesteps`` (one per face, or None: clean faces, t = 0)."""
+        if timesteps is None:
+            timesteps = torch.zeros(len(images), dtype=torch.long, device=images.device)
+        time = F.silu(self.time_embedding(self.time_proj(timesteps).to(images.dtype if images.is_floating_point() else torch.float32)))
+        x = images
+        for (conv, pool), bias in zip(self.stages, self.time_biases):
+            x = pool(F.relu(conv(x) + bias(time).to(x.dtype)[:, :, None, None]))
+        return self.head(x)
+
+    def add_noise(self, images: torch.Tensor, timesteps: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        noise = torch.randn(images.shape, generator=generator).to(images.device, images.dtype)
+        alpha = self.alphas_cumprod.to(images.device)[timesteps].view(-1, 1, 1, 1)
+        return alpha.sqrt() * images + (1 - alpha).sqrt() * noise
+
+    def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        timesteps = torch.randint(0, self.config.num_train_timesteps, (len(images),), device=images.device)
+        logits = self.logits(self.add_noise(images, timesteps), timesteps)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
+        return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean().item()}
+
+    @torch.no_grad()
+    def validation_metrics(self, images: torch.Tensor, labels: torch.Tensor, views: PredictionViews | None = None) -> dict:
+        """Accuracy on clean faces (averaged over ``views``, as every classifier's) and at t = 200
+        and 400, the range the default edit decodes (fixed noise, so epochs compare)."""
+        metrics = super().validation_metrics(images, labels, views)
+        for t in (200, 400):
+            timesteps = torch.full((len(images),), t, dtype=torch.long, device=images.device)
+            noisy = self.add_noise(images, timesteps, torch.Generator().manual_seed(t))
+            metrics[f"accuracy_t{t}"] = (self.logits(noisy, timesteps).argmax(-1) == labels).float().mean().item()
+        return metrics
+
+
 class FaceVAE(ModelMixin, ConfigMixin):
     """The paper's VAE semantic encoder: conv encoder -> (mu, logvar) -> conv decoder; the code is mu."""
 
@@ -291,7 +359,7 @@ class FaceVAE(ModelMixin, ConfigMixin):
         return {"psnr": psnr.mean().item()}
 
 
-ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge, "judge2": TransformerJudge}
+ENCODER_CLASSES = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge, "judge2": TransformerJudge, "guide": NoisyEmotionClassifier}
 SHIPPED_WEIGHTS = Path(__file__).parent / "weights"
 
 

@@ -370,13 +370,15 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | guidance | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | guidance | classifier guidance | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
-        knobs = ("–",) * 5 if r["mode"] == "gan" else (r["strength"], r["guidance"], r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off")
+        knobs = ("–",) * 6 if r["mode"] == "gan" else (
+            r["strength"], r["guidance"], r.get("classifier_guidance") or "off", r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
+        )  # fmt: skip
         second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
         lines.append(
             f"| {r['model']}{mark} | {r['mode']} | {' | '.join(map(str, knobs))} | {r['macro_f1']:.3f} | {second} "
@@ -394,9 +396,11 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    for key in dict.fromkeys((r["model"], r["mode"], r["keep_detail"], r["localise"]) for r in rows):
-        curve = [r for r in rows if (r["model"], r["mode"], r["keep_detail"], r["localise"]) == key]
+    curve_of = lambda r: (r["model"], r["mode"], r["keep_detail"], r["localise"], r.get("classifier_guidance", 0.0))  # noqa: E731
+    for key in dict.fromkeys(curve_of(r) for r in rows):
+        curve = [r for r in rows if curve_of(r) == key]
         label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "") + (f" / localise {key[3]:g}" if key[3] else "")
+        label += f" / classifier guidance {key[4]:g}" if key[4] else ""
         axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
             if r["mode"] != "gan":
@@ -422,6 +426,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "steps": settings and settings.steps,
         "keep_detail": bool(settings and settings.keep_detail),
         "localise": settings.localise if settings else 0.0,
+        "classifier_guidance": settings.classifier_guidance if settings else 0.0,
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],
@@ -439,7 +444,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
 def choose_guidance_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9) -> dict[str, float]:
     """Each target emotion's guidance by ``choose_setting``'s rule on that emotion's F1 and identity,
     among the rows that differ from ``chosen`` in guidance alone: a model's ``edit_defaults.json``."""
-    same = lambda r: all(r.get(k) == chosen.get(k) for k in ("model", "mode", "strength", "steps", "keep_detail", "localise"))  # noqa: E731
+    same = lambda r: all(r.get(k) == chosen.get(k) for k in ("model", "mode", "strength", "steps", "keep_detail", "localise", "classifier_guidance"))  # noqa: E731
     candidates = [r for r in rows if same(r) and r["guidance"] is not None]
     by_emotion = {}
     for name in EMOTIONS:

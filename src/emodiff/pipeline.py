@@ -37,7 +37,7 @@ from PIL import Image
 from .data import IMAGE_SIZE, to_tensor, to_uint8
 from .denoiser import NULL_LABEL, EmotionDenoiser
 from .devices import autocast, batch_piece, bf16_supported, resolve_device
-from .encoders import EmotionClassifier, load_encoder
+from .encoders import SHIPPED_WEIGHTS, EmotionClassifier, NoisyEmotionClassifier, load_encoder
 from .files import atomic_write, save_model_dir
 from .labels import EMOTIONS, parse_emotion
 from .settings import DEFAULT_GUIDANCE, SAMPLERS, EditSettings
@@ -151,15 +151,18 @@ def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
 
 
 class EmotionEditPipeline(FaceEditor):
-    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None, guidance_by_emotion: dict | None = None):
+    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None, guidance_by_emotion: dict | None = None, guide=None):
         """``guidance_by_emotion``: the guidance an edit to each emotion gets when the settings name
-        none (emotion name -> scale; emotions left out get DEFAULT_GUIDANCE), saved with the model."""
+        none (emotion name -> scale; emotions left out get DEFAULT_GUIDANCE), saved with the model.
+        ``guide``: the noise-aware classifier of ``classifier_guidance`` (default: the model
+        directory's ``guide/``, else the shipped one, loaded when first asked for)."""
         if denoiser.uses_code and encoder is None:
             raise ValueError(f"a {denoiser.config.cond!r} denoiser needs its semantic encoder")
         self.denoiser = denoiser.eval()
         self.scheduler = scheduler
         self.encoder = encoder.eval() if encoder is not None else None
         self._classifier = classifier
+        self._guide = guide
         self.guidance_by_emotion = {EMOTIONS[parse_emotion(k)]: float(v) for k, v in (guidance_by_emotion or {}).items()}
         if any(v < 0 for v in self.guidance_by_emotion.values()):
             raise ValueError(f"guidance must be >= 0 for every emotion, got {self.guidance_by_emotion}")
@@ -188,6 +191,7 @@ class EmotionEditPipeline(FaceEditor):
             denoiser = EmotionDenoiser.from_pretrained(directory / "denoiser", torch_dtype=torch.float32, use_safetensors=True)
             stored = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
             encoder = load_encoder(directory / "encoder") if denoiser.uses_code else None
+            guide = load_encoder(directory / "guide") if (directory / "guide").is_dir() else None
             defaults = json.loads((directory / EDIT_DEFAULTS).read_text()) if (directory / EDIT_DEFAULTS).is_file() else {}
             guidance_by_emotion = defaults.get("guidance", {})
             if not isinstance(guidance_by_emotion, dict):
@@ -199,14 +203,14 @@ class EmotionEditPipeline(FaceEditor):
         if scheduler is not None:
             template = sampling_scheduler(scheduler, template)
         try:
-            pipeline = cls(denoiser, template, encoder, guidance_by_emotion=guidance_by_emotion)
+            pipeline = cls(denoiser, template, encoder, guidance_by_emotion=guidance_by_emotion, guide=guide)
         except (ValueError, TypeError) as error:  # FERDataError (an unknown emotion name) is a ValueError
             raise ModelLoadError(f"{directory / EDIT_DEFAULTS}: {error}") from None
         return pipeline.to(target)
 
     def save_pretrained(self, directory: str | Path, fp16: bool = False) -> None:
         directory = Path(directory)
-        for name, model in (("denoiser", self.denoiser), ("encoder", self.encoder)):
+        for name, model in (("denoiser", self.denoiser), ("encoder", self.encoder), ("guide", self._guide)):
             if model is not None:
                 save_model_dir(model, directory / name, fp16=fp16)
         (directory / "scheduler").mkdir(parents=True, exist_ok=True)
@@ -219,7 +223,7 @@ class EmotionEditPipeline(FaceEditor):
         """Move to ``device``; ``bf16`` autocast defaults to on where the hardware supports it."""
         self.device = resolve_device(device)
         self.bf16 = bf16_supported(self.device) if bf16 is None else bf16
-        for model in (self.denoiser, self.encoder, self._classifier):
+        for model in (self.denoiser, self.encoder, self._classifier, self._guide):
             if model is not None:
                 model.to(self.device)
         return self
@@ -231,6 +235,18 @@ class EmotionEditPipeline(FaceEditor):
             own = self.encoder if isinstance(self.encoder, EmotionClassifier) else None
             self._classifier = own or load_encoder("cnn").to(self.device)
         return self._classifier
+
+    @property
+    def guide(self) -> NoisyEmotionClassifier:
+        """The noise-aware classifier ``classifier_guidance`` follows: the model's own, else the shipped one."""
+        if self._guide is None:
+            if not (SHIPPED_WEIGHTS / "guide" / "config.json").is_file():
+                raise FileNotFoundError("classifier guidance needs a guiding classifier: this installation ships none "
+                                        "(train one with 'emodiff train-encoder guide' and put it in the model directory as guide/)")  # fmt: skip
+            self._guide = load_encoder("guide").to(self.device)
+        if not isinstance(self._guide, NoisyEmotionClassifier):
+            raise TypeError(f"the guiding classifier must be a NoisyEmotionClassifier, got {type(self._guide).__name__}")
+        return self._guide
 
     # ------------------------------------------------------------------ sampling and editing
 
@@ -293,7 +309,7 @@ class EmotionEditPipeline(FaceEditor):
         gather = lambda t: None if t is None else t[which_face]  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         guidance = self._guidance(settings.guidance, labels)
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator)
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, settings.classifier_guidance)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
@@ -359,11 +375,24 @@ class EmotionEditPipeline(FaceEditor):
                 pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
         return torch.cat(pieces)
 
-    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator) -> torch.Tensor:
+    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float = 0.0) -> torch.Tensor:
         for t in timesteps:
             eps = self._eps(x, t, labels, codes, guidance)
+            if classifier_guidance:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
+                sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
+                eps = eps - classifier_guidance * sigma * self._guide_gradient(x, t, labels)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         return x.clamp(-1, 1)
+
+    def _guide_gradient(self, x, t, labels) -> torch.Tensor:
+        """∇ₓ log p(label | x_t = x, t) under the guiding classifier, one row per decode."""
+        with torch.inference_mode(False), torch.enable_grad():  # edits run under inference mode: leave it here
+            x, labels = x.detach().clone().requires_grad_(True), labels.clone()
+            timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
+            with autocast(self.device, self.bf16):
+                logits = self.guide.logits(x, timestep)
+            chosen = logits.float().log_softmax(-1).gather(1, labels[:, None]).sum()
+            return torch.autograd.grad(chosen, x)[0].detach()
 
     def _invert(self, scheduler, x0, timesteps, labels, codes) -> torch.Tensor:
         """Deterministic DDIM inversion along exactly the timesteps the decoder will visit, reversed.

@@ -112,6 +112,7 @@ def describe(settings: EditSettings) -> str:
         return f"from pure noise, {settings.steps} steps, {guidance}"
     detail = ", input detail kept" if settings.keep_detail else ""
     detail += f", change localised ({settings.localise:g} grey levels)" if settings.localise else ""
+    detail += f", classifier guidance {settings.classifier_guidance:g}" if settings.classifier_guidance else ""
     return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, {guidance}{detail}"
 
 

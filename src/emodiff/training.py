@@ -50,6 +50,7 @@ ENCODER_RECIPES = {
     # the second judge's recipe differs on purpose (see TransformerJudge): wider augmentation, fewer epochs
     "judge2": EncoderRecipe(epochs=20, lr=1e-3, weight_decay=0.05, augment=dict(flip=True, max_shift=0.12, max_rotate_deg=15.0, max_scale=0.15)),
     "vae": EncoderRecipe(epochs=20, lr=1e-3, weight_decay=0.0, augment=dict(flip=True)),
+    "guide": EncoderRecipe(epochs=15, lr=2e-3, weight_decay=0.05, augment=CLASSIFIER_AUGMENT),
 }
 
 
