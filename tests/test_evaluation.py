@@ -155,6 +155,25 @@ def test_tuning_and_reporting_halves_are_disjoint_balanced_and_fixed():
         split_part(faces, "test")
 
 
+def test_looks_stretch_contrast_brighten_and_shift_the_inputs():
+    from emodiff.evaluation import change_look
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(60, 180, (3, 48, 48)).astype(np.uint8)  # a flat, low-contrast face
+    images[:, 20, 30] = 250  # one bright feature
+    faces = FaceSet(images, np.array([0, 3, 6]), np.ones(3, np.int8))
+    stretched = change_look(faces, "contrast").images
+    assert stretched.min() == 0 and stretched.max() == 255 and stretched.std() > images.std() * 1.5
+    bright = change_look(faces, "bright").images.astype(int)
+    assert np.all(bright == np.minimum(images.astype(int) + 40, 255))
+    shifted = change_look(faces, "shift").images
+    assert np.all(shifted[:, 24, 34] == 250) and np.array_equal(shifted[:, 4:, 4:], images[:, :-4, :-4])
+    assert np.array_equal(change_look(faces, "as-is").images, images)
+    assert np.array_equal(change_look(faces, "bright").labels, faces.labels)
+    with pytest.raises(ValueError, match="contrast, bright, shift"):
+        change_look(faces, "dark")
+
+
 def test_guidance_per_emotion_is_chosen_by_the_rule_at_the_chosen_setting_only():
     from emodiff.evaluation import choose_guidance_per_emotion
     from emodiff.labels import EMOTIONS

@@ -128,6 +128,9 @@ def _evaluation(p):
     p.add_argument("--faces", default="all", choices=("all", "tuning", "reporting"), help="draw the inputs from the split's "
                    "tuning half (for choosing settings), its reporting half (for reporting them), or all of it; the halves "
                    "are fixed, half of each emotion's faces each (default: all)")  # fmt: skip
+    p.add_argument("--look", default="as-is", choices=("as-is", "contrast", "bright", "shift"), help="change the inputs before "
+                   "editing, to measure faces unlike FER-2013's evenly lit, tightly cropped average: contrast (2nd..98th "
+                   "percentile stretched to 0..255), bright (+40 grey levels), shift (4 pixels right and down) (default: as-is)")  # fmt: skip
     p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge); in a sweep it "
                    "alone chooses the setting")  # fmt: skip
     p.add_argument("--second-judge", default="judge2", type=lambda name: None if name == "none" else name, help="a second judge that only reports, beside the first: a model "
@@ -284,7 +287,7 @@ def _evaluation_inputs(args):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
     from .evaluation import load_evaluation_inputs
 
-    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad, args.faces, args.second_judge)
+    return load_evaluation_inputs(args.data, args.split, args.per_class, args.judge, args.seed, args.skip_bad, args.faces, args.second_judge, args.look)
 
 
 def _cmd_evaluate(args) -> int:

@@ -127,6 +127,32 @@ def split_part(faces: FaceSet, part: str) -> FaceSet:
     return faces.take(np.sort(np.concatenate(chosen)))
 
 
+def _contrast_stretched(faces: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(faces, [2, 98], axis=(1, 2), keepdims=True)
+    return np.clip((faces - low) * 255 / np.maximum(high - low, 1), 0, 255)
+
+
+def _shifted(faces: np.ndarray, pixels: int = 4) -> np.ndarray:
+    padded = np.pad(faces, ((0, 0), (pixels, 0), (pixels, 0)), mode="edge")  # the border repeats, as a looser crop's would
+    return padded[:, : faces.shape[1], : faces.shape[2]]
+
+
+# Inputs unlike FER-2013's average (evenly lit, frontal, tightly cropped): identity must hold on them too.
+LOOKS = {
+    "as-is": lambda faces: faces,
+    "contrast": _contrast_stretched,  # 2nd..98th percentile stretched to 0..255
+    "bright": lambda faces: np.clip(faces.astype(np.float32) + 40, 0, 255),  # 40 grey levels lighter
+    "shift": _shifted,  # the face 4 pixels (8%) right and down
+}
+
+
+def change_look(faces: FaceSet, look: str) -> FaceSet:
+    if look not in LOOKS:
+        raise ValueError(f"unknown look {look!r}: expected one of {', '.join(LOOKS)}")
+    images = np.rint(LOOKS[look](faces.images.astype(np.float32))).astype(np.uint8)
+    return FaceSet(images, faces.labels, faces.usage)
+
+
 SECOND_JUDGE = "judge2"  # the shipped second judge, reported beside the first wherever an evaluation runs
 
 
@@ -169,19 +195,22 @@ def load_evaluation_inputs(
     skip_bad: bool = False,
     part: str = "all",
     second_judge: str | None = SECOND_JUDGE,
+    look: str = "as-is",
 ) -> EvaluationSetup:
-    """Inputs drawn from the split (its tuning or reporting half with ``part``, see ``split_part``),
-    the judges and the identity model, every option checked first."""
+    """Inputs drawn from the split (its tuning or reporting half with ``part``, see ``split_part``;
+    changed by ``look``, see ``LOOKS``), the judges and the identity model, every option checked first."""
     from .data import load_fer2013
 
     if per_class <= 0:
         raise ValueError(f"--per-class must be positive, got {per_class}")
+    if look not in LOOKS:
+        raise ValueError(f"unknown --look {look!r}: expected one of {', '.join(LOOKS)}")
     judge_model = load_judge(judge, "--judge")
     second_model = load_judge(second_judge, "--second-judge") if second_judge else None
     faces = load_fer2013(data, skip_bad=skip_bad).split(split)
     if len(faces) == 0:
         raise ValueError(f"{data}: no {split} rows to evaluate on")
-    inputs = sample_inputs(split_part(faces, part), per_class, seed)
+    inputs = change_look(sample_inputs(split_part(faces, part), per_class, seed), look)
     return EvaluationSetup(inputs, faces, judge_model, IdentityModel(), second_model)
 
 

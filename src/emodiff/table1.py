@@ -47,6 +47,7 @@ class Table1Config:
     faces: str = "all"  # all of the split, or its tuning or reporting half (evaluation.split_part)
     judge: str = "judge"
     second_judge: str | None = SECOND_JUDGE  # reports beside the judge; None: the judge alone
+    look: str = "as-is"  # the inputs as they are, or changed (evaluation.LOOKS)
     scheduler: str = "ddim"
     seed: int = 0
     device: str = "auto"
@@ -213,7 +214,7 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
     _check(config)
     out = Path(config.out)
     setup = load_evaluation_inputs(
-        config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad, config.faces, config.second_judge
+        config.data, config.split, config.per_class, config.judge, config.seed, config.skip_bad, config.faces, config.second_judge, config.look
     )
     models = train_variants(config)
     protocols = {"paper protocol": paper_protocol(config.paper_steps), "emodiff defaults": config.settings}
