@@ -236,7 +236,9 @@ class NoisyEmotionClassifier(EmotionClassifier):
     """The guiding classifier of classifier guidance (Dhariwal & Nichol, 2021): the emotion of a
     *noisy* face x_t at diffusion timestep t, trained on the diffusion's own noise schedule, so its
     gradient means something at every step of a decode. Its own small network and training run:
-    neither judge ever guides, or the judges would grade their own pushes.
+    neither judge ever guides, or the judges would grade their own pushes. Trained on t below
+    ``max_timestep`` only, where edits decode (strength <= 0.5): above it the linear schedule leaves
+    too little of the face to read an emotion from, and those steps would take half its capacity.
     """
 
     @register_to_config
@@ -250,6 +252,7 @@ class NoisyEmotionClassifier(EmotionClassifier):
         num_train_timesteps: int = 1000,
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        max_timestep: int = 500,
         image_size: int = IMAGE_SIZE,
     ):
         from diffusers.models.embeddings import TimestepEmbedding, Timesteps
@@ -283,7 +286,7 @@ class NoisyEmotionClassifier(EmotionClassifier):
         return alpha.sqrt() * images + (1 - alpha).sqrt() * noise
 
     def training_loss(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        timesteps = torch.randint(0, self.config.num_train_timesteps, (len(images),), device=images.device)
+        timesteps = torch.randint(0, self.config.max_timestep, (len(images),), device=images.device)
         logits = self.logits(self.add_noise(images, timesteps), timesteps)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=self.config.label_smoothing)
         return loss, {"accuracy": (logits.argmax(-1) == labels).float().mean().item()}

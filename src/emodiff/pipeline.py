@@ -378,7 +378,7 @@ class EmotionEditPipeline(FaceEditor):
     def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float = 0.0) -> torch.Tensor:
         for t in timesteps:
             eps = self._eps(x, t, labels, codes, guidance)
-            if classifier_guidance:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
+            if classifier_guidance and t < self.guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
                 eps = eps - classifier_guidance * sigma * self._guide_gradient(x, t, labels)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
