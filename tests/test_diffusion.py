@@ -6,6 +6,7 @@ import torch
 
 from emodiff.denoiser import NULL_LABEL, EmotionDenoiser
 from emodiff.encoders import EmotionCNN, FaceVAE
+from emodiff.labels import EMOTIONS
 from emodiff.pipeline import EmotionEditPipeline, sampling_scheduler
 from emodiff.settings import EditSettings
 
@@ -330,7 +331,7 @@ def test_per_emotion_guidance_loads_from_the_model_directory_and_guidance_overri
 
     directory = tmp_path / "model"
     pipe = tiny_pipeline()
-    pipe.guidance_by_emotion = {"happy": 2.0, "angry": 9.0}
+    pipe.edit_defaults = {"guidance": {"happy": 2.0, "angry": 9.0}}
     pipe.save_pretrained(directory)
     assert json.loads((directory / EDIT_DEFAULTS).read_text()) == {"guidance": {"happy": 2.0, "angry": 9.0}}
     loaded = EmotionEditPipeline.from_pretrained(directory, device="cpu").to("cpu", bf16=False)
@@ -406,6 +407,13 @@ def test_classifier_guidance_raises_the_targets_probability_under_the_guiding_cl
     assert isinstance(loaded.guide, NoisyEmotionClassifier)
     loaded._classifier = pipe.classifier
     np.testing.assert_array_equal(loaded.edit_faces(x, targets, EditSettings(strength=0.4, steps=5, classifier_guidance=10.0), source_labels=source, seed=1), guided)
+    # per target emotion from the model directory when no scale is asked for; an asked scale overrides it
+    loaded.edit_defaults = {"classifier_guidance": {EMOTIONS[targets[0]]: 10.0}}
+    decodes = lambda **scale: loaded.edit_faces(x, targets, EditSettings(strength=0.4, steps=5, keep_detail=False, **scale), source_labels=source, seed=1)  # noqa: E731
+    own, pushed, unpushed = decodes(), decodes(classifier_guidance=10.0), decodes(classifier_guidance=0.0)
+    assert not np.array_equal(pushed[:, 0], unpushed[:, 0])
+    np.testing.assert_array_equal(own[:, 0], pushed[:, 0])
+    np.testing.assert_array_equal(own[:, 1:], unpushed[:, 1:])
 
 
 def test_classifier_guidance_without_a_guiding_classifier_says_how_to_get_one(monkeypatch, tmp_path):

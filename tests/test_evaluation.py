@@ -174,14 +174,15 @@ def test_looks_stretch_contrast_brighten_and_shift_the_inputs():
         change_look(faces, "dark")
 
 
-def test_guidance_per_emotion_is_chosen_by_the_rule_at_the_chosen_setting_only():
-    from emodiff.evaluation import choose_guidance_per_emotion
+def test_scales_per_emotion_are_chosen_by_the_rule_at_the_chosen_setting_only():
+    from emodiff.evaluation import choose_per_emotion
     from emodiff.labels import EMOTIONS
 
-    def row(guidance, strength=0.4, angry=(0.5, 0.95), happy=(0.9, 0.95)):
+    def row(guidance, strength=0.4, angry=(0.5, 0.95), happy=(0.9, 0.95), pushed=0.0):
         per = {name: {"f1": 0.4, "identity_kept": 0.95} for name in EMOTIONS}
         per["angry"], per["happy"] = dict(zip(("f1", "identity_kept"), angry)), dict(zip(("f1", "identity_kept"), happy))
-        return {"model": "m", "mode": "invert", "strength": strength, "steps": 10, "keep_detail": True, "guidance": guidance, "per_emotion": per}
+        return {"model": "m", "mode": "invert", "strength": strength, "steps": 10, "keep_detail": True, "localise": 0.0,
+                "guidance": guidance, "classifier_guidance": pushed, "per_emotion": per}  # fmt: skip
 
     rows = [
         row(5.0, happy=(0.92, 0.97)),
@@ -189,8 +190,11 @@ def test_guidance_per_emotion_is_chosen_by_the_rule_at_the_chosen_setting_only()
         row(9.0, angry=(0.70, 0.80)),  # angry reads best but below 90% identity
         row(12.0, strength=0.6, angry=(0.9, 0.99)),  # another strength: not a candidate
     ]
-    chosen = choose_guidance_per_emotion(rows, rows[1])
-    assert chosen["angry"] == 7.0 and chosen["happy"] == 5.0
-    assert chosen["fear"] == 5.0  # ties: the first of the equal rows
+    chosen = choose_per_emotion(rows, rows[1])
+    assert chosen == {"guidance": {**{name: 5.0 for name in EMOTIONS}, "angry": 7.0}}  # ties: the first of the equal rows
     none_keeps = [row(5.0, angry=(0.3, 0.5)), row(9.0, angry=(0.6, 0.6))]
-    assert choose_guidance_per_emotion(none_keeps, none_keeps[0])["angry"] == 9.0  # then best F1 x identity kept
+    assert choose_per_emotion(none_keeps, none_keeps[0])["guidance"]["angry"] == 9.0  # then best F1 x identity kept
+    pushed = [*rows, row(5.0, angry=(0.65, 0.92), pushed=15.0)]  # classifier guidance reads angry better and keeps the person
+    both = choose_per_emotion(pushed, rows[1])
+    assert both["guidance"]["angry"] == 5.0 and both["classifier_guidance"]["angry"] == 15.0
+    assert both["guidance"]["happy"] == 5.0 and both["classifier_guidance"]["happy"] == 0.0

@@ -104,10 +104,10 @@ def _edit(p):
     p.add_argument("--localise", type=float, default=defaults.localise, help="with --keep-detail: keep the input exactly where "
                    "the change (blurred over 2 pixels of the 48x48 face) is under half this many grey levels, apply it in full "
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
-    p.add_argument("--classifier-guidance", type=float, default=defaults.classifier_guidance, help="scale of classifier guidance: "
-                   "each decoding step also follows the gradient of a noise-aware emotion classifier's log-probability of the "
-                   "target (the model directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions "
-                   f"the label alone draws faintly (default: {defaults.classifier_guidance:g} = off)")  # fmt: skip
+    p.add_argument("--classifier-guidance", type=float, default=None, help="scale of classifier guidance: each decoding step "
+                   "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
+                   "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "
+                   "faintly; 0 = off (default: the model's own per target emotion where it has them, else 0)")  # fmt: skip
 
 
 def _training(p):
@@ -311,7 +311,7 @@ def _cmd_sweep(args) -> int:
     import itertools
     import json
 
-    from .evaluation import choose_guidance_per_emotion, choose_setting, summary_row, sweep_plot, sweep_table
+    from .evaluation import choose_per_emotion, choose_setting, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
     from .pipeline import EDIT_DEFAULTS, EmotionEditPipeline, load_editor
 
@@ -338,11 +338,11 @@ def _cmd_sweep(args) -> int:
     atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line())))
     sweep_plot(rows, chosen, out / "sweep.png")
     print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
-    if chosen["mode"] != "gan" and len(args.guidances) > 1:
-        per_emotion = choose_guidance_per_emotion(rows, chosen)
-        text = json.dumps({"guidance": per_emotion}, indent=2)
+    if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1):
+        per_emotion = choose_per_emotion(rows, chosen)
+        text = json.dumps(per_emotion, indent=2)
         atomic_write(out / EDIT_DEFAULTS, lambda t: t.write_text(text))
-        print(f"guidance per target emotion at the chosen setting: {per_emotion}; copy {out / EDIT_DEFAULTS} into the model directory to make it its default")
+        print(f"scales per target emotion at the chosen setting: {per_emotion}; copy {out / EDIT_DEFAULTS} into the model directory to make them its defaults")
     return 0
 
 

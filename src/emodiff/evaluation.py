@@ -470,15 +470,20 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
     }
 
 
-def choose_guidance_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9) -> dict[str, float]:
-    """Each target emotion's guidance by ``choose_setting``'s rule on that emotion's F1 and identity,
-    among the rows that differ from ``chosen`` in guidance alone: a model's ``edit_defaults.json``."""
-    same = lambda r: all(r.get(k) == chosen.get(k) for k in ("model", "mode", "strength", "steps", "keep_detail", "localise", "classifier_guidance"))  # noqa: E731
-    candidates = [r for r in rows if same(r) and r["guidance"] is not None]
-    by_emotion = {}
+def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9) -> dict[str, dict[str, float]]:
+    """Each target emotion's guidance and classifier guidance by ``choose_setting``'s rule on that
+    emotion's F1 and identity, among the rows that differ from ``chosen`` in those two scales alone:
+    a model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}}; the
+    second only when a candidate row used classifier guidance)."""
+    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise")
+    candidates = [r for r in rows if all(r.get(k) == chosen.get(k) for k in keys) and r["guidance"] is not None]
+    pushed = any(r.get("classifier_guidance") for r in candidates)
+    by_emotion: dict[str, dict[str, float]] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {})}
     for name in EMOTIONS:
-        scored = [{"guidance": r["guidance"], **r["per_emotion"][name]} for r in candidates]
+        scored = [{**r["per_emotion"][name], "row": r} for r in candidates]
         keeping = [r for r in scored if r["identity_kept"] >= min_identity]
-        best = max(keeping, key=lambda r: r["f1"]) if keeping else max(scored, key=lambda r: r["f1"] * r["identity_kept"])
-        by_emotion[name] = best["guidance"]
+        best = (max(keeping, key=lambda r: r["f1"]) if keeping else max(scored, key=lambda r: r["f1"] * r["identity_kept"]))["row"]
+        by_emotion["guidance"][name] = best["guidance"]
+        if pushed:
+            by_emotion["classifier_guidance"][name] = best.get("classifier_guidance") or 0.0
     return by_emotion

@@ -44,7 +44,10 @@ from .settings import DEFAULT_GUIDANCE, SAMPLERS, EditSettings
 
 SCHEDULERS = dict(zip(SAMPLERS, (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
-EDIT_DEFAULTS = "edit_defaults.json"  # a model's own edit settings, e.g. {"guidance": {"angry": 9.0, "happy": 5.0}}
+# A model's own edit settings per target emotion, e.g. {"guidance": {"angry": 9.0, "happy": 5.0},
+# "classifier_guidance": {"angry": 15.0}}: what an edit gets when the settings name no scale.
+EDIT_DEFAULTS = "edit_defaults.json"
+PER_EMOTION_SETTINGS = {"guidance": DEFAULT_GUIDANCE, "classifier_guidance": 0.0}  # and their value for emotions left out
 
 
 class ModelLoadError(ValueError):
@@ -151,11 +154,12 @@ def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
 
 
 class EmotionEditPipeline(FaceEditor):
-    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None, guidance_by_emotion: dict | None = None, guide=None):
-        """``guidance_by_emotion``: the guidance an edit to each emotion gets when the settings name
-        none (emotion name -> scale; emotions left out get DEFAULT_GUIDANCE), saved with the model.
-        ``guide``: the noise-aware classifier of ``classifier_guidance`` (default: the model
-        directory's ``guide/``, else the shipped one, loaded when first asked for)."""
+    def __init__(self, denoiser: EmotionDenoiser, scheduler, encoder=None, classifier=None, edit_defaults: dict | None = None, guide=None):
+        """``edit_defaults``: the guidance and classifier guidance an edit to each emotion gets when
+        the settings name none ({"guidance": {emotion name: scale}, "classifier_guidance": {...}};
+        emotions left out get PER_EMOTION_SETTINGS' values), saved with the model. ``guide``: the
+        noise-aware classifier of ``classifier_guidance`` (default: the model directory's
+        ``guide/``, else the shipped one, loaded when first asked for)."""
         if denoiser.uses_code and encoder is None:
             raise ValueError(f"a {denoiser.config.cond!r} denoiser needs its semantic encoder")
         self.denoiser = denoiser.eval()
@@ -163,9 +167,16 @@ class EmotionEditPipeline(FaceEditor):
         self.encoder = encoder.eval() if encoder is not None else None
         self._classifier = classifier
         self._guide = guide
-        self.guidance_by_emotion = {EMOTIONS[parse_emotion(k)]: float(v) for k, v in (guidance_by_emotion or {}).items()}
-        if any(v < 0 for v in self.guidance_by_emotion.values()):
-            raise ValueError(f"guidance must be >= 0 for every emotion, got {self.guidance_by_emotion}")
+        unknown = set(edit_defaults or {}) - set(PER_EMOTION_SETTINGS)
+        if unknown:
+            raise ValueError(f"unknown edit defaults {sorted(unknown)}: expected {', '.join(PER_EMOTION_SETTINGS)}")
+        self.edit_defaults = {}
+        for name, by_emotion in (edit_defaults or {}).items():
+            if not isinstance(by_emotion, dict):
+                raise ValueError(f"{name!r} must map emotion names to scales, got {by_emotion!r}")
+            self.edit_defaults[name] = {EMOTIONS[parse_emotion(k)]: float(v) for k, v in by_emotion.items()}
+            if any(v < 0 for v in self.edit_defaults[name].values()):
+                raise ValueError(f"{name} must be >= 0 for every emotion, got {self.edit_defaults[name]}")
         self.to(next(denoiser.parameters()).device)
 
     # ------------------------------------------------------------------ loading and saving
@@ -193,9 +204,8 @@ class EmotionEditPipeline(FaceEditor):
             encoder = load_encoder(directory / "encoder") if denoiser.uses_code else None
             guide = load_encoder(directory / "guide") if (directory / "guide").is_dir() else None
             defaults = json.loads((directory / EDIT_DEFAULTS).read_text()) if (directory / EDIT_DEFAULTS).is_file() else {}
-            guidance_by_emotion = defaults.get("guidance", {})
-            if not isinstance(guidance_by_emotion, dict):
-                raise ValueError(f"{EDIT_DEFAULTS}: 'guidance' must map emotion names to scales")
+            if not isinstance(defaults, dict):
+                raise ValueError(f"{EDIT_DEFAULTS}: expected a JSON object like {{\"guidance\": {{\"angry\": 9}}}}")
         except (OSError, ValueError) as error:  # unreadable files; a corrupt safetensors file raises ValueError
             raise ModelLoadError(f"{directory}: cannot load this model directory ({error})") from None
         by_class = {c.__name__: c for c in SCHEDULERS.values()}
@@ -203,7 +213,7 @@ class EmotionEditPipeline(FaceEditor):
         if scheduler is not None:
             template = sampling_scheduler(scheduler, template)
         try:
-            pipeline = cls(denoiser, template, encoder, guidance_by_emotion=guidance_by_emotion, guide=guide)
+            pipeline = cls(denoiser, template, encoder, edit_defaults=defaults, guide=guide)
         except (ValueError, TypeError) as error:  # FERDataError (an unknown emotion name) is a ValueError
             raise ModelLoadError(f"{directory / EDIT_DEFAULTS}: {error}") from None
         return pipeline.to(target)
@@ -215,8 +225,8 @@ class EmotionEditPipeline(FaceEditor):
                 save_model_dir(model, directory / name, fp16=fp16)
         (directory / "scheduler").mkdir(parents=True, exist_ok=True)
         self.scheduler.save_config(directory / "scheduler")
-        if self.guidance_by_emotion:
-            text = json.dumps({"guidance": self.guidance_by_emotion}, indent=2)
+        if self.edit_defaults:
+            text = json.dumps(self.edit_defaults, indent=2)
             atomic_write(directory / EDIT_DEFAULTS, lambda temp: temp.write_text(text))
 
     def to(self, device: str | torch.device = "auto", bf16: bool | None = None) -> EmotionEditPipeline:
@@ -308,8 +318,9 @@ class EmotionEditPipeline(FaceEditor):
         labels = torch.tensor([label for row in rows for label in row], device=self.device)
         gather = lambda t: None if t is None else t[which_face]  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
-        guidance = self._guidance(settings.guidance, labels)
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, settings.classifier_guidance)
+        guidance = self._per_emotion("guidance", settings.guidance, labels)
+        push = self._per_emotion("classifier_guidance", settings.classifier_guidance, labels)
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
@@ -343,12 +354,13 @@ class EmotionEditPipeline(FaceEditor):
             scheduler.set_begin_index(begin)
         return scheduler.timesteps[begin:]
 
-    def _guidance(self, asked: float | None, labels: torch.Tensor) -> float | torch.Tensor:
-        """The scale asked for, else each decode's own: its emotion's (``guidance_by_emotion``) as a
-        (N, 1, 1, 1) tensor, or one float when every decode's is the same."""
+    def _per_emotion(self, name: str, asked: float | None, labels: torch.Tensor) -> float | torch.Tensor:
+        """The scale asked for, else each decode's own: its emotion's in the model's ``edit_defaults``
+        as a (N, 1, 1, 1) tensor, or one float when every decode's is the same."""
         if asked is not None:
             return asked
-        scales = [self.guidance_by_emotion.get(EMOTIONS[label], DEFAULT_GUIDANCE) for label in labels.tolist()]
+        own = self.edit_defaults.get(name, {})
+        scales = [own.get(EMOTIONS[label], PER_EMOTION_SETTINGS[name]) for label in labels.tolist()]
         if len(set(scales)) == 1:
             return scales[0]
         return torch.tensor(scales, device=self.device).view(-1, 1, 1, 1)
@@ -375,10 +387,12 @@ class EmotionEditPipeline(FaceEditor):
                 pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
         return torch.cat(pieces)
 
-    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float = 0.0) -> torch.Tensor:
+    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
+        """``guidance`` and ``classifier_guidance``: one scale, or one per row."""
+        pushed = torch.is_tensor(classifier_guidance) or classifier_guidance > 0
         for t in timesteps:
             eps = self._eps(x, t, labels, codes, guidance)
-            if classifier_guidance and t < self.guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
+            if pushed and t < self.guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
                 eps = eps - classifier_guidance * sigma * self._guide_gradient(x, t, labels)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample

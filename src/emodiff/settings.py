@@ -33,8 +33,9 @@ class EditSettings:
     # Classifier guidance (Dhariwal & Nichol): at every decoding step, push x_t along the gradient of
     # log p(target | x_t, t) under a noise-aware emotion classifier (``emodiff train-encoder guide``),
     # on top of classifier-free guidance; this is its scale. It strengthens what the denoiser's label
-    # alone under-draws (angry, disgust, fear, sad). 0: off.
-    classifier_guidance: float = 0.0
+    # alone under-draws. None: the model's own per-emotion scales (pipeline.EDIT_DEFAULTS) where it
+    # has them, else 0 (off).
+    classifier_guidance: float | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -49,7 +50,7 @@ class EditSettings:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
         if self.localise < 0 or (self.localise and not self.keep_detail):
             raise ValueError(f"localise {self.localise}: expected 0 (off) or a positive number of grey levels, with keep_detail")
-        if self.classifier_guidance < 0:
+        if self.classifier_guidance is not None and self.classifier_guidance < 0:
             raise ValueError(f"classifier_guidance must be >= 0, got {self.classifier_guidance}")
         if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")

@@ -109,6 +109,8 @@ def paper_protocol(steps: int) -> EditSettings:
 
 def describe(settings: EditSettings) -> str:
     guidance = "the model's guidance per emotion" if settings.guidance is None else f"guidance {settings.guidance:g}"
+    if settings.classifier_guidance is None:
+        guidance += ", the model's classifier guidance per emotion"
     if settings.mode == "paper":
         return f"from pure noise, {settings.steps} steps, {guidance}"
     detail = ", input detail kept" if settings.keep_detail else ""
