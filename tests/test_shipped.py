@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from emodiff.encoders import SHIPPED_WEIGHTS, EmotionCNN, EmotionJudge, FaceVAE, TransformerJudge, load_encoder
+from emodiff.encoders import SHIPPED_WEIGHTS, EmotionCNN, EmotionJudge, FaceVAE, NoisyEmotionClassifier, TransformerJudge, load_encoder
 
-KINDS = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge, "judge2": TransformerJudge}
+KINDS = {"cnn": EmotionCNN, "vae": FaceVAE, "judge": EmotionJudge, "judge2": TransformerJudge, "guide": NoisyEmotionClassifier}
 
 
 @pytest.mark.parametrize("kind", list(KINDS))
@@ -154,6 +154,27 @@ def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, m
         pytest.skip("bf16 edits are pinned for CPUs with bf16 units (AMX / AVX512-BF16)")
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
     pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
-    settings = EditSettings() if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0)
+    # the defaults these bytes were made with (the per-emotion scales shipped since issue #20 change the edits, not the code)
+    settings = EditSettings(guidance=7.0, classifier_guidance=0.0) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0)
     edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
     assert hashlib.sha256(edits.tobytes()).hexdigest() == SHIPPED_EDIT_HASHES[scheduler, mode, bf16]
+
+
+def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_from_inside_an_edit():
+    import numpy as np
+    from PIL import Image
+
+    from emodiff.assets import sample_faces
+    from emodiff.labels import EMOTIONS
+    from emodiff.pipeline import EmotionEditPipeline
+    from emodiff.settings import EditSettings
+
+    pipe = EmotionEditPipeline.from_pretrained(device="cpu")
+    pushed = pipe.edit_defaults["classifier_guidance"]
+    assert pushed["fear"] > 0 and pushed["angry"] == 0  # chosen per emotion (README: classifier guidance)
+    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()[:2]])
+    fear = EMOTIONS.index("fear")
+    own = pipe.edit_faces(faces, [fear], source_labels=[6, 6])  # the guide is first loaded here, under inference mode
+    assert isinstance(pipe.guide, NoisyEmotionClassifier)
+    off = pipe.edit_faces(faces, [fear], EditSettings(classifier_guidance=0.0), source_labels=[6, 6])
+    assert np.abs(own.astype(int) - off).mean() > 0.5

@@ -253,7 +253,8 @@ class EmotionEditPipeline(FaceEditor):
             if not (SHIPPED_WEIGHTS / "guide" / "config.json").is_file():
                 raise FileNotFoundError("classifier guidance needs a guiding classifier: this installation ships none "
                                         "(train one with 'emodiff train-encoder guide' and put it in the model directory as guide/)")  # fmt: skip
-            self._guide = load_encoder("guide").to(self.device)
+            with torch.inference_mode(False):  # first asked for inside an edit: its weights must be usable by autograd
+                self._guide = load_encoder("guide").to(self.device)
         if not isinstance(self._guide, NoisyEmotionClassifier):
             raise TypeError(f"the guiding classifier must be a NoisyEmotionClassifier, got {type(self._guide).__name__}")
         return self._guide
