@@ -424,3 +424,10 @@ def test_classifier_guidance_without_a_guiding_classifier_says_how_to_get_one(mo
         tiny_pipeline("label").edit_faces(faces(1), [0], EditSettings(steps=2, classifier_guidance=1.0), source_labels=[1])
     with pytest.raises(ValueError, match="classifier_guidance must be >= 0"):
         EditSettings(classifier_guidance=-1.0)
+    from emodiff.pipeline import EmotionEditPipeline, ModelLoadError
+
+    wrong = tiny_pipeline("label")
+    wrong._guide = EmotionCNN()  # not a classifier of noisy faces
+    wrong.save_pretrained(tmp_path / "model")
+    with pytest.raises(ModelLoadError, match="expected a NoisyEmotionClassifier"):
+        EmotionEditPipeline.from_pretrained(tmp_path / "model", device="cpu")

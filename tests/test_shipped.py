@@ -164,6 +164,7 @@ def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, m
 
 def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_from_inside_an_edit():
     import numpy as np
+    import torch
     from PIL import Image
 
     from emodiff.assets import sample_faces
@@ -180,3 +181,6 @@ def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_f
     assert isinstance(pipe.guide, NoisyEmotionClassifier)
     off = pipe.edit_faces(faces, [fear], EditSettings(classifier_guidance=0.0), source_labels=[6, 6])
     assert np.abs(own.astype(int) - off).mean() > 0.5
+    with torch.inference_mode():  # a caller's own inference mode around loading and editing
+        again = EmotionEditPipeline.from_pretrained(device="cpu").edit_faces(faces, [fear], source_labels=[6, 6])
+    np.testing.assert_array_equal(again, own)

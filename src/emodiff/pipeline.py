@@ -203,6 +203,8 @@ class EmotionEditPipeline(FaceEditor):
             stored = json.loads((directory / "scheduler" / "scheduler_config.json").read_text())
             encoder = load_encoder(directory / "encoder") if denoiser.uses_code else None
             guide = load_encoder(directory / "guide") if (directory / "guide").is_dir() else None
+            if guide is not None and not isinstance(guide, NoisyEmotionClassifier):
+                raise ValueError(f"guide/ holds a {type(guide).__name__}, expected a NoisyEmotionClassifier (emodiff train-encoder guide)")
             defaults = json.loads((directory / EDIT_DEFAULTS).read_text()) if (directory / EDIT_DEFAULTS).is_file() else {}
             if not isinstance(defaults, dict):
                 raise ValueError(f"{EDIT_DEFAULTS}: expected a JSON object like {{\"guidance\": {{\"angry\": 9}}}}")
@@ -253,10 +255,12 @@ class EmotionEditPipeline(FaceEditor):
             if not (SHIPPED_WEIGHTS / "guide" / "config.json").is_file():
                 raise FileNotFoundError("classifier guidance needs a guiding classifier: this installation ships none "
                                         "(train one with 'emodiff train-encoder guide' and put it in the model directory as guide/)")  # fmt: skip
-            with torch.inference_mode(False):  # first asked for inside an edit: its weights must be usable by autograd
-                self._guide = load_encoder("guide").to(self.device)
-        if not isinstance(self._guide, NoisyEmotionClassifier):
-            raise TypeError(f"the guiding classifier must be a NoisyEmotionClassifier, got {type(self._guide).__name__}")
+            self._guide = load_encoder("guide").to(self.device)
+        if any(t.is_inference() for t in self._guide.state_dict().values()):
+            # loaded under inference mode (first asked for inside an edit, or by a caller's own
+            # inference_mode): autograd cannot use such weights, so make them ordinary tensors
+            with torch.inference_mode(False):
+                self._guide.load_state_dict({k: v.clone() for k, v in self._guide.state_dict().items()}, assign=True)
         return self._guide
 
     # ------------------------------------------------------------------ sampling and editing
