@@ -274,7 +274,7 @@ class NoisyEmotionClassifier(EmotionClassifier):
         """Logits of noisy faces at ``timesteps`` (one per face, or None: clean faces, t = 0)."""
         if timesteps is None:
             timesteps = torch.zeros(len(images), dtype=torch.long, device=images.device)
-        time = F.silu(self.time_embedding(self.time_proj(timesteps).to(images.dtype if images.is_floating_point() else torch.float32)))
+        time = F.silu(self.time_embedding(self.time_proj(timesteps).to(images.dtype)))
         x = images
         for (conv, pool), bias in zip(self.stages, self.time_biases):
             x = pool(F.relu(conv(x) + bias(time).to(x.dtype)[:, :, None, None]))
