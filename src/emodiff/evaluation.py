@@ -480,9 +480,8 @@ def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9
     pushed = any(r.get("classifier_guidance") for r in candidates)
     by_emotion: dict[str, dict[str, float]] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {})}
     for name in EMOTIONS:
-        scored = [{**r["per_emotion"][name], "row": r} for r in candidates]
-        keeping = [r for r in scored if r["identity_kept"] >= min_identity]
-        best = (max(keeping, key=lambda r: r["f1"]) if keeping else max(scored, key=lambda r: r["f1"] * r["identity_kept"]))["row"]
+        scored = [{"macro_f1": r["per_emotion"][name]["f1"], "identity_kept": r["per_emotion"][name]["identity_kept"], "row": r} for r in candidates]
+        best = choose_setting(scored, min_identity)[0]["row"]  # the same rule, on this emotion's F1 and identity
         by_emotion["guidance"][name] = best["guidance"]
         if pushed:
             by_emotion["classifier_guidance"][name] = best.get("classifier_guidance") or 0.0

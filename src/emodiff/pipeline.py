@@ -394,22 +394,22 @@ class EmotionEditPipeline(FaceEditor):
 
     def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
         """``guidance`` and ``classifier_guidance``: one scale, or one per row."""
-        pushed = torch.is_tensor(classifier_guidance) or classifier_guidance > 0
+        guide = self.guide if torch.is_tensor(classifier_guidance) or classifier_guidance > 0 else None  # loaded and checked once per call
         for t in timesteps:
             eps = self._eps(x, t, labels, codes, guidance)
-            if pushed and t < self.guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
+            if guide is not None and t < guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
-                eps = eps - classifier_guidance * sigma * self._guide_gradient(x, t, labels)
+                eps = eps - classifier_guidance * sigma * self._guide_gradient(guide, x, t, labels)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
         return x.clamp(-1, 1)
 
-    def _guide_gradient(self, x, t, labels) -> torch.Tensor:
+    def _guide_gradient(self, guide, x, t, labels) -> torch.Tensor:
         """∇ₓ log p(label | x_t = x, t) under the guiding classifier, one row per decode."""
         with torch.inference_mode(False), torch.enable_grad():  # edits run under inference mode: leave it here
             x, labels = x.detach().clone().requires_grad_(True), labels.clone()
             timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
             with autocast(self.device, self.bf16):
-                logits = self.guide.logits(x, timestep)
+                logits = guide.logits(x, timestep)
             chosen = logits.float().log_softmax(-1).gather(1, labels[:, None]).sum()
             return torch.autograd.grad(chosen, x)[0].detach()
 
