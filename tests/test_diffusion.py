@@ -102,7 +102,7 @@ def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mo
     pipe = tiny_pipeline("label")  # untrained: its decodes look nothing like the input
     x, source = faces(2, seed=4), [2, 5]
     plain = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=False), source_labels=source, seed=1)
-    kept = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=True), source_labels=source, seed=1)
+    kept = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=True, normalise=False), source_labels=source, seed=1)
     assert np.abs(plain[0, 1].astype(int) - x[0]).mean() > 20  # the plain decode loses the input ...
     np.testing.assert_allclose(kept[0, 1], x[0], atol=1)  # ... editing to the source emotion returns it
     np.testing.assert_allclose(kept[1, 2], x[1], atol=1)
@@ -142,6 +142,31 @@ def test_localise_edits_only_where_the_change_is_strong_and_keeps_the_rest_of_th
     assert strong.any() and np.abs(local.astype(int) - full.astype(int))[strong].mean() < 0.35 * change[strong].mean()
     with pytest.raises(ValueError, match="keep_detail"):
         EditSettings(mode="sdedit", keep_detail=False, localise=8.0)
+
+
+def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_back():
+    """A face with half the contrast of one at FER's typical level is edited as that face is, and
+    gets half its change: not the change a model draws on a face flatter than any it learned."""
+    from emodiff.data import TYPICAL_LEVEL, TYPICAL_REGION, to_tensor, to_uint8
+    from emodiff.pipeline import to_typical_level
+
+    pipe = tiny_pipeline("label")
+    typical = to_uint8(to_typical_level(to_tensor(faces(1, seed=4)))[0])[0].astype(int)
+    centre = typical[TYPICAL_REGION]
+    assert abs(centre.mean() - TYPICAL_LEVEL[0]) < 4 and abs(centre.std() - TYPICAL_LEVEL[1]) < 4
+    typical = np.clip(145 + 2 * np.round((typical - 145) / 2), 1, 255).astype(np.uint8)  # odd levels: halved exactly below
+    flat = (145 + (typical.astype(int) - 145) // 2).astype(np.uint8)
+    settings = EditSettings(strength=0.6, steps=5)
+    edits = pipe.edit_faces(np.stack([typical, flat]), [0, 3], settings, source_labels=[2, 2], seed=1).astype(float)
+    full, halved = edits[0] - typical, edits[1] - flat
+    inside = (edits[0] > 0) & (edits[0] < 255)  # the typical face's edit, not clipped
+    assert np.abs(full[inside]).mean() > 10
+    np.testing.assert_allclose(halved[inside], 0.5 * full[inside], atol=1.5)  # each edit rounded to whole levels
+    unnormalised = pipe.edit_faces(flat[None], [0, 3], dataclasses.replace(settings, normalise=False), source_labels=[2], seed=1)[0]
+    assert np.abs(unnormalised - flat.astype(float) - 0.5 * full)[inside].mean() > 0.3 * np.abs(full[inside]).mean()
+    with pytest.raises(ValueError, match="needs keep_detail"):
+        EditSettings(keep_detail=False, normalise=True)
+    assert EditSettings().normalise and not EditSettings(mode="sdedit").normalise
 
 
 def test_keep_detail_decodes_a_source_emotion_that_is_also_a_target_once(monkeypatch):

@@ -6,6 +6,7 @@ from PIL import Image
 
 from emodiff import photos as face_ops
 from emodiff.cli import main
+from emodiff.labels import EMOTIONS
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +151,66 @@ def test_a_uniform_change_fades_to_nothing_inside_the_crop_with_no_step():
     assert step <= 0.1 * change.max(), step  # a fade: no pixel-to-pixel step over a tenth of the change (it was all of it)
 
 
+def test_the_landmark_mask_covers_the_expression_not_the_jaw_and_fades_with_no_step(photo, finder):
+    """A uniform change pasted under the face's own landmark mask (onto a flat grey copy of the photo,
+    so the change is the mask itself): full on mouth, eyes and brows, nothing on the jaw's outline,
+    above the forehead or outside the crop, and no step anywhere."""
+    face = finder.find(photo)[0]
+    assert face.landmarks is not None and len(face.landmarks) == 68
+    flat = Image.new("RGB", photo.size, (128, 128, 128))
+    crop = face_ops.crop(flat, face)
+    pasted = face_ops.paste(flat, face, crop, crop + 40)
+    change = np.asarray(pasted, dtype=float)[..., 0] - 128
+    at = lambda points: change[int(round(np.mean(points, axis=0)[1])), int(round(np.mean(points, axis=0)[0]))]  # noqa: E731
+    points = np.asarray(face.landmarks)
+    assert at(points[48:68]) >= 39 and at(points[36:42]) >= 39 and at(points[17:22]) >= 35  # mouth, an eye, a brow
+    assert at(points[0:1]) <= 5 and at(points[16:17]) <= 5 and at(points[8:9]) <= 2  # the jaw line at the ears and chin: (almost) the photo's
+    eye_distance = np.linalg.norm(points[36:42].mean(0) - points[42:48].mean(0))
+    assert at(points[17:27] - [0, 1.2 * eye_distance]) <= 2  # high on the forehead
+    yy, xx = np.mgrid[0 : photo.height, 0 : photo.width]
+    assert np.all(change[~face.inside_crop(xx, yy)] == 0)
+    step = max(np.abs(np.diff(change, axis=0)).max(), np.abs(np.diff(change, axis=1)).max())
+    assert step <= 8, step  # faded in over a few crop pixels (2.5 photo pixels each here): never a fifth of the change at once
+    ellipse = np.asarray(face_ops.paste(flat, face, crop, crop + 40, blend="ellipse"), dtype=float)[..., 0] - 128
+    assert (ellipse > 1).sum() > 1.2 * (change > 1).sum()  # the old ellipse also changed jaw, cheeks and forehead
+
+
+def test_a_face_without_landmarks_is_pasted_under_the_ellipse_and_a_bad_blend_is_refused(photo, finder):
+    found = finder.find(photo)[0]
+    bare = face_ops.Face(found.box, found.left_eye, found.right_eye)
+    crop = face_ops.crop(photo, found)
+    darker = np.clip(crop.astype(int) - 30, 0, 255).astype(np.uint8)
+    assert face_ops.paste(photo, bare, crop, darker) == face_ops.paste(photo, found, crop, darker, blend="ellipse")
+    assert face_ops.paste(photo, found, crop, darker) != face_ops.paste(photo, found, crop, darker, blend="ellipse")
+    with pytest.raises(ValueError, match="blend 'poisson'"):
+        face_ops.paste(photo, found, crop, darker, blend="poisson")
+    with pytest.raises(ValueError, match="--blend 'soft'"):
+        face_ops.Preparer(blend="soft")
+
+
+def test_an_occluder_across_the_mouth_is_kept_and_the_face_around_it_still_changes(photo, finder):
+    from scipy import ndimage
+
+    from emodiff.photo_evaluation import _polygon_mask, bar_polygon, photo_variants
+
+    face = finder.find(photo)[0]
+    occluded = photo_variants(photo, face)["occluded"]
+    bar = _polygon_mask(photo, bar_polygon(face))
+    for image, covered in ((photo, False), (occluded, True)):
+        found = finder.find(image)[0]
+        crop = face_ops.crop(image, found)
+        pasted = np.asarray(face_ops.paste(image, found, crop, np.clip(crop.astype(int) - 40, 0, 255).astype(np.uint8)), dtype=int)
+        changed = np.any(pasted != np.asarray(image), axis=-1)
+        inner = ndimage.binary_erosion(bar, iterations=2)  # the bar's pixels, its anti-aliased outline aside
+        if covered:
+            assert not changed[inner].any()  # the bar is left exactly as it was
+        else:
+            assert changed[inner].mean() > 0.9  # the same place on the bare face: the mouth takes the change
+        eyes = np.asarray(found.landmarks)[36:48]
+        assert changed[int(eyes[:, 1].mean()), int(eyes[:, 0].mean())]  # between the eyes: changed either way
+    assert face_ops.occluder_mask(photo, face, (0, 0, photo.width, photo.height)) is None  # nothing covers the bare face
+
+
 def _smooth_photo_with_a_feature():
     """A smooth gradient with one dark bar: a feature a warp can move."""
     yy, xx = np.mgrid[0:200, 0:200]
@@ -184,6 +245,7 @@ def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_t
     assert result["metrics"]["edits"] == 7 and len(result["rows"]) == 7
     assert result["metrics"]["outside_changed"] == 0
     assert all(0 <= r["identity_distance"] < 2 and r["seam"] >= 0 for r in result["rows"])
+    assert 0 <= result["metrics"]["macro_f1_second"] <= 1 and all(r["judged_second"] in EMOTIONS for r in result["rows"])  # both judges report
     sheet = Image.open(out / "contact_sheet.png")
     assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7 + 1  # its edits, its summary
 

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .labels import EMOTIONS, FERDataError, parse_emotion, parse_emotions, parse_split
-from .settings import DEFAULT_GUIDANCE, MODES, SAMPLERS, EditSettings
+from .settings import BLENDS, DEFAULT_GUIDANCE, MODES, SAMPLERS, EditSettings
 
 DATA_HELP = "FER-2013: the Kaggle CSV (plain or .gz), the image-folder release, or a mosaic from pack-data"
 
@@ -101,6 +101,14 @@ def _edit(p):
         "so texture the model cannot reproduce stays the input's own; one more decode per face; not with --mode paper "
         "(default: on with --mode invert, off otherwise)",
     )
+    p.add_argument(
+        "--normalise",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="with --keep-detail: edit a copy of the face brought to FER-2013's typical brightness and contrast and scale "
+        "the change back to the face's own contrast; photos are flatter than FER's faces and their edits otherwise come out "
+        "twice as strong (default: on with --keep-detail)",
+    )
     p.add_argument("--localise", type=float, default=defaults.localise, help="with --keep-detail: keep the input exactly where "
                    "the change (blurred over 2 pixels of the 48x48 face) is under half this many grey levels, apply it in full "
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
@@ -108,6 +116,12 @@ def _edit(p):
                    "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
                    "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "
                    "faintly; 0 = off (default: the model's own per target emotion where it has them, else 0)")  # fmt: skip
+
+
+def _blend(p):
+    p.add_argument("--blend", default=BLENDS[0], choices=BLENDS, help="in photos: the mask the edit is blended back under: "
+                   "landmarks (the face's own brows, eyes, nose, mouth and chin, fading to nothing inside the face) or ellipse "
+                   f"(a fixed ellipse of the face crop, the blend before issue #19) (default: {BLENDS[0]})")  # fmt: skip
 
 
 def _training(p):
@@ -131,13 +145,17 @@ def _evaluation(p):
     p.add_argument("--look", default="as-is", choices=("as-is", "contrast", "bright", "shift"), help="change the inputs before "
                    "editing, to measure faces unlike FER-2013's evenly lit, tightly cropped average: contrast (2nd..98th "
                    "percentile stretched to 0..255), bright (+40 grey levels), shift (4 pixels right and down) (default: as-is)")  # fmt: skip
+    _judges(p)
+    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
+    _device(p)
+
+
+def _judges(p):
     p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge); in a sweep it "
                    "alone chooses the setting")  # fmt: skip
     p.add_argument("--second-judge", default="judge2", type=lambda name: None if name == "none" else name, help="a second judge that only reports, beside the first: a model "
                    "directory, judge2 (the shipped one, another architecture and recipe) or none (default: judge2)")  # fmt: skip
-    p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--skip-bad", action="store_true", help="leave out malformed data rows (reported) instead of failing")
-    _device(p)
 
 
 def _unet(p):
@@ -375,12 +393,15 @@ def _cmd_evaluate_photos(args) -> int:
     paths, problems = expand_inputs(args.photos)
     if problems or not paths:
         raise ValueError("; ".join(problems) or "no photos given")
-    judge = load_judge(args.judge, "--judge")
     pipeline = _pipeline(args)
-    evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judge.to(pipeline.device), seed=args.seed, variants=args.variants)
+    judges = [load_judge(args.judge, "--judge").to(pipeline.device)]
+    if args.second_judge:
+        judges.append(load_judge(args.second_judge, "--second-judge").to(pipeline.device))
+    evaluation = evaluate_photos(pipeline, paths, _config(EditSettings, args), judges, seed=args.seed, variants=args.variants, blend=args.blend)
     write_photo_report(evaluation, Path(args.out), _command_line())
     m = evaluation.metrics
-    print(f"macro F1 {m['macro_f1']:.3f}, identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
+    second = f" (second judge {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else ""
+    print(f"macro F1 {m['macro_f1']:.3f}{second}, identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
           f"pixels changed outside the faces {m['outside_changed']}; report in {args.out}")
     return 0
 
@@ -516,6 +537,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
     p.add_argument("--face", default="largest", help="in photos: largest, all, or an index counted left to right from 0 (default: largest)")
+    _blend(p)
     p.add_argument("--crop", action="store_true", help="in photos: also write each 48x48 face crop and its edits")
     p.add_argument("--no-detect", action="store_true", help="take every input as a face crop, whatever its size")
     p.add_argument("--grid", action="store_true", help="also write OUT/<stem>_grid.png: the input and every target in a labelled row")
@@ -573,7 +595,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("photos", nargs="+", help="photos, or folders of them (e.g. ../shared/photos)")
     p.add_argument("--variants", action="store_true", help="also measure harder copies of each photo: turned 20°, shrunk to "
                    "a 60-pixel face, grayscale, and with a dark bar across the mouth")  # fmt: skip
-    p.add_argument("--judge", default="judge", help="judge model directory (default: the shipped judge)")
+    _judges(p)
+    _blend(p)
     p.add_argument("--out", required=True, help="output directory")
 
     p = command(

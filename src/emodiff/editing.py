@@ -33,6 +33,7 @@ class EditJob:
     settings: EditSettings = field(default_factory=EditSettings)
     source: int | None = None  # the inputs' true emotion (default: predicted)
     face: str = "largest"
+    blend: str = "landmarks"  # the mask photo edits are blended back under (photos.BLENDS)
     detect: bool = True
     crop: bool = False  # also write each 48x48 face crop and its edits
     grid: bool = False
@@ -139,7 +140,7 @@ def edit_files(job: EditJob, load_pipeline) -> int:
     edit in batches. Returns the exit code: 1 if any input could not be edited."""
     if job.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {job.batch_size}")
-    prepare = photos.Preparer(job.face, detect=job.detect)
+    prepare = photos.Preparer(job.face, detect=job.detect, blend=job.blend)
     out, names = Path(job.out), [EMOTIONS[t] for t in job.targets]
     check_out_dir(out)
     paths, problems = expand_inputs(job.inputs)

@@ -175,16 +175,17 @@ def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0, variants: bool = False) -> PhotoEvaluation:
+def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: int = 0, variants: bool = False, blend: str = "landmarks") -> PhotoEvaluation:
     """Edit the largest face of every photo (and, with ``variants``, of its harder copies,
-    ``photo_variants``) to all 7 emotions and measure each edited photo. A copy in which no face is
-    found is counted (``faces_missed``), not measured."""
+    ``photo_variants``) to all 7 emotions, blended back under ``blend``'s mask, and measure each
+    edited photo. ``judges``: the judge, and optionally a second one that only reports. A copy in
+    which no face is found is counted (``faces_missed``), not measured."""
     from .assets import face_box, view
     from .evaluation import emotion_scores, judge_labels
     from .grid import labelled_grid
     from .photos import NoFaceError, Preparer, crop, load_photo
 
-    prepare, identity = Preparer("largest"), PhotoIdentity()
+    prepare, identity = Preparer("largest", blend=blend), PhotoIdentity()
     targets = list(range(len(EMOTIONS)))
     rows, sheet_rows, names, missed = [], [], [], []
     for path in paths:
@@ -205,10 +206,11 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0,
             region = crop_region(photo, face)
             reference = identity.descriptor(photo, face)
             recropped = np.stack([crop(edited, face) for edited in outputs])
-            verdicts = judge_labels(judge, recropped)
-            for target, edited, verdict in zip(targets, outputs, verdicts):
+            verdicts = [judge_labels(judge, recropped) for judge in judges]
+            for target, edited, *verdict in zip(targets, outputs, *verdicts):
                 rows.append({
-                    "photo": name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict)],
+                    "photo": name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict[0])],
+                    "judged_second": EMOTIONS[int(verdict[1])] if len(verdict) > 1 else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
                     "occluder_changed": _changed_fraction(photo, edited, bar) if name.endswith("(occluded)") else None,
@@ -219,13 +221,17 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judge, seed: int = 0,
     if not rows:
         raise ValueError(f"no face found in any photo: {', '.join(missed)}")
     distances = np.array([r["identity_distance"] for r in rows])
-    emotion = emotion_scores(np.array([EMOTIONS.index(r["target"]) for r in rows]), np.array([EMOTIONS.index(r["judged"]) for r in rows]))
+    true = np.array([EMOTIONS.index(r["target"]) for r in rows])
+    emotion = emotion_scores(true, np.array([EMOTIONS.index(r["judged"]) for r in rows]))
+    second = emotion_scores(true, np.array([EMOTIONS.index(r["judged_second"]) for r in rows])) if len(judges) > 1 else None
     metrics = {
         "photos": len(rows) // len(targets),
         "edits": len(rows),
         "faces_missed": missed,
         "macro_f1": emotion["macro_f1"],
         "f1": emotion["f1"],
+        "macro_f1_second": second and second["macro_f1"],
+        "f1_second": second and second["f1"],
         "identity_kept": float(np.mean(distances < IDENTITY_THRESHOLD)),
         "identity_median": float(np.median(distances)),
         "seam_median": float(np.median([r["seam"] for r in rows])),
@@ -248,20 +254,30 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
         f"{m['photos']} photos, each edited to all 7 emotions ({m['edits']} edited photos)"
         + (f"; no face found in {', '.join(m['faces_missed'])}." if m.get("faces_missed") else "."),
         "",
-        "| photo | target | judged | identity distance | seam | pixels changed outside the face |",
-        "|---|---|---|---|---|---|",
+        "| photo | target | judged | judged, second judge | identity distance | seam | pixels changed outside the face |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines += [
-        f"| {r['photo']} | {r['target']} | {r['judged']} | {r['identity_distance']:.3f} | {r['seam']:.2f} | {r['outside_changed']} |"
+        f"| {r['photo']} | {r['target']} | {r['judged']} | {r.get('judged_second') or '–'} | {r['identity_distance']:.3f} | {r['seam']:.2f} | {r['outside_changed']} |"
         for r in evaluation.rows
     ]
     lines += [
         "",
-        f"Macro F1 of the judge on the re-cropped faces **{m['macro_f1']:.3f}**; identity kept (distance < {IDENTITY_THRESHOLD}, "
+        f"Macro F1 of the judge on the re-cropped faces **{m['macro_f1']:.3f}**"
+        + (f" (second judge, which only reports: {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else "")
+        + f"; identity kept (distance < {IDENTITY_THRESHOLD}, "
         f"at the photo's resolution) **{m['identity_kept']:.0%}** (median {m['identity_median']:.3f}); seam score median "
         f"{m['seam_median']:.2f}, largest {m['seam_max']:.2f} grey levels per pixel (an unedited photo scores 0); pixels "
         f"changed outside the faces: {m['outside_changed']}."
         + (f" Pixels of the bar across the mouth changed: {m['occluder_changed']:.1%} (the edit should leave it alone)." if m.get("occluder_changed") is not None else ""),
+        "",
+        "| target | " + " | ".join(EMOTIONS) + " |",
+        "|---|" + "---|" * len(EMOTIONS),
+        "| F1 | " + " | ".join(f"{m['f1'][e]:.2f}" for e in EMOTIONS) + " |",
+    ]
+    if m.get("f1_second"):
+        lines.append("| F1, second judge | " + " | ".join(f"{m['f1_second'][e]:.2f}" for e in EMOTIONS) + " |")
+    lines += [
         "",
         "| photo | judged as the target | identity kept | seam median |",
         "|---|---|---|---|",

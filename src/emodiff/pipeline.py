@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
 from PIL import Image
 
-from .data import IMAGE_SIZE, to_tensor, to_uint8
+from .data import IMAGE_SIZE, TYPICAL_LEVEL, TYPICAL_REGION, to_tensor, to_uint8
 from .denoiser import NULL_LABEL, EmotionDenoiser
 from .devices import autocast, batch_piece, bf16_supported, resolve_device
 from .encoders import SHIPPED_WEIGHTS, EmotionClassifier, NoisyEmotionClassifier, load_encoder
@@ -151,6 +151,20 @@ def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
     grow = int(2 * LOCALISE_BLUR)
     grown = F.max_pool2d(ramp * ramp * (3 - 2 * ramp), 2 * grow + 1, stride=1, padding=grow)
     return blur(grown).clamp(0, 1)
+
+
+CONTRAST_LIMITS = (0.25, 4.0)  # a face's contrast over the typical one is taken within these: a flat face is not stretched without end
+
+
+def to_typical_level(x0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Faces (B, 1, H, W in [-1, 1]) brought to FER-2013's typical brightness and contrast in their
+    central region (``data.TYPICAL_LEVEL``), and each face's contrast over the typical one
+    (B, 1, 1, 1): an edit's change times it is the change at the face's own contrast."""
+    centre = x0[(..., *TYPICAL_REGION)].flatten(1)
+    mean, std = centre.mean(1).view(-1, 1, 1, 1), centre.std(1, correction=0).view(-1, 1, 1, 1)
+    typical_mean, typical_std = TYPICAL_LEVEL[0] / 127.5 - 1, TYPICAL_LEVEL[1] / 127.5
+    contrast = (std / typical_std).clamp(*CONTRAST_LIMITS)
+    return ((x0 - mean) / contrast + typical_mean).clamp(-1, 1), contrast
 
 
 class EmotionEditPipeline(FaceEditor):
@@ -297,7 +311,9 @@ class EmotionEditPipeline(FaceEditor):
         """
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
-        codes = self._codes(x0)
+        # the model sees the face at FER's typical level when normalising, its change is scaled back below
+        seen, contrast = to_typical_level(x0) if settings.normalise else (x0, None)
+        codes = self._codes(seen)
         # x0 clipping steadies generation from noise; decoding an inversion must mirror its unclipped path
         scheduler = self._scheduler(clip_x0=settings.mode != "invert")
         timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
@@ -305,15 +321,15 @@ class EmotionEditPipeline(FaceEditor):
         source = None
         if settings.mode == "invert" or settings.keep_detail:
             if source_labels is None:
-                source = self.classifier.predict_proba(x0).argmax(-1)
+                source = self.classifier.predict_proba(seen).argmax(-1)
             else:
                 source = torch.tensor(source_labels, device=self.device)
         if settings.mode == "paper":
             start = noise * scheduler.init_noise_sigma
         elif settings.mode == "sdedit":
-            start = scheduler.add_noise(x0, noise, timesteps[:1].repeat(count))
+            start = scheduler.add_noise(seen, noise, timesteps[:1].repeat(count))
         else:
-            start = self._invert(scheduler, x0, timesteps, source, codes)
+            start = self._invert(scheduler, seen, timesteps, source, codes)
         rows = [list(targets) for _ in range(count)]  # the emotions each face is decoded under
         if settings.keep_detail:  # the source emotion's decode is the reference of the change: once per face
             for row, own in zip(rows, source.tolist()):
@@ -330,10 +346,14 @@ class EmotionEditPipeline(FaceEditor):
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
             reference = decoded[[begin + row.index(own) for begin, row, own in zip(first, rows, source.tolist())]]
-            if settings.localise:
+            if settings.localise or settings.normalise:
                 change = edited - reference[:, None]
-                edited = x0[:, None] + change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
-            else:  # summed in this order since before --localise: the shipped edits stay bit-identical
+                if settings.normalise:
+                    change = change * contrast[:, None]
+                if settings.localise:
+                    change = change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
+                edited = x0[:, None] + change
+            else:  # summed in this order since before --localise: edits without either stay bit-identical
                 edited = x0[:, None] + edited - reference[:, None]
             edited = edited.clamp(-1, 1)
         return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])

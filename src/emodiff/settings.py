@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
 DEFAULT_GUIDANCE = 7.0
+BLENDS = ("landmarks", "ellipse")  # masks a photo edit is blended back under (photos.blend_mask), the default first
 
 
 @dataclass(frozen=True)
@@ -36,12 +37,20 @@ class EditSettings:
     # alone under-draws. None: the model's own per-emotion scales (pipeline.EDIT_DEFAULTS) where it
     # has them, else 0 (off).
     classifier_guidance: float | None = None
+    # Edit a copy of the face brought to FER-2013's typical brightness and contrast, and scale the
+    # change back to the face's own contrast (with keep_detail). The model learned expressions on
+    # FER's faces: photos are flatter (a portrait's centre has a third of FER's contrast) and their
+    # edits came out twice as strong as on FER faces, as dark blotches that cost identity. None: on
+    # with keep_detail.
+    normalise: bool | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
         if self.keep_detail is None:
             object.__setattr__(self, "keep_detail", self.mode == "invert")
+        if self.normalise is None:
+            object.__setattr__(self, "normalise", bool(self.keep_detail))
         if self.keep_detail and self.mode == "paper":
             raise ValueError("keep_detail needs a mode that starts from the input (invert or sdedit), not paper")
         if not 0.0 < self.strength <= 1.0:
@@ -50,6 +59,8 @@ class EditSettings:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
         if self.localise < 0 or (self.localise and not self.keep_detail):
             raise ValueError(f"localise {self.localise}: expected 0 (off) or a positive number of grey levels, with keep_detail")
+        if self.normalise and not self.keep_detail:
+            raise ValueError("normalise scales the edit's change back to the face's contrast: it needs keep_detail")
         if self.classifier_guidance is not None and self.classifier_guidance < 0:
             raise ValueError(f"classifier_guidance must be >= 0, got {self.classifier_guidance}")
         if self.guidance is not None and self.guidance < 0:

@@ -1,0 +1,75 @@
+"""Time one photo -> all 7 emotions, the whole photo path (find and align the face, edit, blend back),
+the paste-back before issue #19 against today's default, in the same run.
+
+before: the fixed ellipse of the crop, the 48x48 edit of the face as it is (``--blend ellipse
+        --no-normalise``);
+today:  the `emodiff edit` defaults: the face's 68-landmark mask, the edit made at FER-2013's
+        typical brightness and contrast and scaled back.
+
+The photo is ../shared/photos/obama.jpg (or --photo) scaled so the face is --face-width pixels wide
+(1,000 by default: the issue's budget is 2 s per photo for all 7 emotions at that size).
+
+    python benchmarks/photo_speed.py [--photo FILE] [--face-width 1000] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from emodiff.labels import EMOTIONS
+from emodiff.photos import Preparer, load_photo
+from emodiff.pipeline import EmotionEditPipeline
+from emodiff.settings import EditSettings
+
+PHOTO = Path(__file__).resolve().parents[2] / "shared" / "photos" / "obama.jpg"
+
+
+def timed(repeats: int, run) -> tuple[float, float]:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return min(times), statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--photo", default=str(PHOTO), help="a photo with one face (default: ../shared/photos/obama.jpg)")
+    parser.add_argument("--face-width", type=int, default=1000, help="the face's width in pixels after scaling the photo (default: 1000)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each path; the best is reported")
+    args = parser.parse_args()
+
+    photo = load_photo(args.photo)
+    found = Preparer()(photo).faces[0]
+    scale = args.face_width / (found.box[2] - found.box[0])
+    photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
+    pipe = EmotionEditPipeline.from_pretrained(device="cpu")
+    targets = list(range(len(EMOTIONS)))
+    today = EditSettings()
+    paths = {
+        "before (ellipse, edit as it is)": (Preparer(blend="ellipse"), dataclasses.replace(today, normalise=False)),
+        "today (landmarks, normalised edit)": (Preparer(), today),
+    }
+    print(f"photo: {args.photo} scaled to {photo.width}x{photo.height}, the face {args.face_width} pixels wide; "
+          f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    results = {}
+    for name, (prepare, settings) in paths.items():
+        run = lambda: pipe.edit_prepared([prepare(photo)], targets, settings)  # noqa: E731
+        run()  # warm-up: models loaded, kernels chosen
+        results[name] = timed(args.repeats, run)
+        print(f"  {name:36s} {results[name][0]:7.3f} s per photo, all 7 emotions (median {results[name][1]:.3f})")
+    (before, _), (after, _) = results.values()
+    print(f"today / before: {after / before:.2f}x the time")
+
+
+if __name__ == "__main__":
+    main()
