@@ -3,8 +3,10 @@ the paste-back before issue #19 against today's default, in the same run.
 
 before: the fixed ellipse of the crop, the 48x48 edit of the face as it is (``--blend ellipse
         --no-normalise``);
-today:  the `emodiff edit` defaults: the face's 68-landmark mask, the edit made at FER-2013's
-        typical brightness and contrast and scaled back.
+today:  the `emodiff edit` defaults: the face's 68-landmark mask, anything covering the face
+        filled in before the edit, the edit made at FER-2013's typical brightness and contrast and
+        scaled back;
+warp:   the same, with the photo's own pixels moved by the edit's optical flow (``--blend warp``).
 
 The photo is ../shared/photos/obama.jpg (or --photo) scaled so the face is --face-width pixels wide
 (1,000 by default: the issue's budget is 2 s per photo for all 7 emotions at that size).
@@ -58,6 +60,7 @@ def main() -> None:
     paths = {
         "before (ellipse, edit as it is)": (Preparer(blend="ellipse"), dataclasses.replace(today, normalise=False)),
         "today (landmarks, normalised edit)": (Preparer(), today),
+        "warp (flow-moved pixels + shading)": (Preparer(blend="warp"), today),
     }
     print(f"photo: {args.photo} scaled to {photo.width}x{photo.height}, the face {args.face_width} pixels wide; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
@@ -67,8 +70,8 @@ def main() -> None:
         run()  # warm-up: models loaded, kernels chosen
         results[name] = timed(args.repeats, run)
         print(f"  {name:36s} {results[name][0]:7.3f} s per photo, all 7 emotions (median {results[name][1]:.3f})")
-    (before, _), (after, _) = results.values()
-    print(f"today / before: {after / before:.2f}x the time")
+    (before, _), (after, _), (warp, _) = results.values()
+    print(f"today / before: {after / before:.2f}x the time; warp / before: {warp / before:.2f}x")
 
 
 if __name__ == "__main__":

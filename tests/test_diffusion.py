@@ -146,15 +146,19 @@ def test_localise_edits_only_where_the_change_is_strong_and_keeps_the_rest_of_th
 
 def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_back():
     """A face with half the contrast of one at FER's typical level is edited as that face is, and
-    gets half its change: not the change a model draws on a face flatter than any it learned."""
+    gets half its change: not the change a model draws on a face flatter than any it learned. A
+    face with more contrast than typical is edited at its own."""
     from emodiff.data import TYPICAL_LEVEL, TYPICAL_REGION, to_tensor, to_uint8
     from emodiff.pipeline import to_typical_level
 
-    pipe = tiny_pipeline("label")
-    typical = to_uint8(to_typical_level(to_tensor(faces(1, seed=4)))[0])[0].astype(int)
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)  # fp32: two faces that are one to the model decode alike in a batch
+    noise = faces(1, seed=4).astype(float)
+    flatter = np.rint((noise - noise.mean()) * 0.5 + 128).astype(np.uint8)  # stretched to the typical contrast below
+    typical = to_uint8(to_typical_level(to_tensor(flatter))[0])[0].astype(int)
     centre = typical[TYPICAL_REGION]
     assert abs(centre.mean() - TYPICAL_LEVEL[0]) < 4 and abs(centre.std() - TYPICAL_LEVEL[1]) < 4
-    typical = np.clip(145 + 2 * np.round((typical - 145) / 2), 1, 255).astype(np.uint8)  # odd levels: halved exactly below
+    # a little flatter than typical (so it is stretched too), at odd levels (so it is halved exactly below)
+    typical = np.clip(145 + 2 * np.round((typical - 145) * 0.9 / 2), 1, 255).astype(np.uint8)
     flat = (145 + (typical.astype(int) - 145) // 2).astype(np.uint8)
     settings = EditSettings(strength=0.6, steps=5)
     edits = pipe.edit_faces(np.stack([typical, flat]), [0, 3], settings, source_labels=[2, 2], seed=1).astype(float)
@@ -164,6 +168,9 @@ def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_
     np.testing.assert_allclose(halved[inside], 0.5 * full[inside], atol=1.5)  # each edit rounded to whole levels
     unnormalised = pipe.edit_faces(flat[None], [0, 3], dataclasses.replace(settings, normalise=False), source_labels=[2], seed=1)[0]
     assert np.abs(unnormalised - flat.astype(float) - 0.5 * full)[inside].mean() > 0.3 * np.abs(full[inside]).mean()
+    contrasty = np.clip(np.rint((typical.astype(float) - 145) * 1.5 + 145), 0, 255).astype(np.uint8)
+    _, contrast = to_typical_level(to_tensor(np.stack([flat, typical, contrasty])))
+    np.testing.assert_allclose(contrast.flatten().numpy(), [0.45, 0.9, 1.0], atol=0.02)  # 1.35x typical: never compressed
     with pytest.raises(ValueError, match="needs keep_detail"):
         EditSettings(keep_detail=False, normalise=True)
     assert EditSettings().normalise and not EditSettings(mode="sdedit").normalise

@@ -211,6 +211,76 @@ def test_an_occluder_across_the_mouth_is_kept_and_the_face_around_it_still_chang
     assert face_ops.occluder_mask(photo, face, (0, 0, photo.width, photo.height)) is None  # nothing covers the bare face
 
 
+def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_it_is(photo, finder):
+    """The model edits a face, not a bar: under the occluder the crop is filled from the skin around
+    it (closer to the bare face than the bar is), elsewhere it is the crop exactly."""
+    from emodiff.photo_evaluation import photo_variants
+
+    face = finder.find(photo)[0]
+    bare = face_ops.crop(photo, face).astype(int)
+    occluded = photo_variants(photo, face)["occluded"]
+    found = finder.find(occluded)[0]
+    covered = face_ops.crop(occluded, found)
+    filled = face_ops.fill_occluder(occluded, found, covered)
+    hole = filled != covered
+    assert 40 < hole.sum() < 0.25 * hole.size  # the bar's part of the crop, not the face
+    assert np.abs(filled[hole] - bare[hole]).mean() < 0.5 * np.abs(covered[hole] - bare[hole]).mean()
+    np.testing.assert_array_equal(face_ops.Preparer()(occluded).crops[0], filled)  # what every entry point edits
+    np.testing.assert_array_equal(face_ops.Preparer(blend="ellipse")(occluded).crops[0], covered)  # the blend before #19
+    np.testing.assert_array_equal(face_ops.fill_occluder(photo, face, bare.astype(np.uint8)), bare)  # nothing covers it
+
+
+def _striped_face_photo():
+    """A 600x600 photo whose face crop is the square (60, 60)-(540, 540), 10 photo pixels per crop
+    pixel, with a dark bar across it carrying fine stripes (detail no 48x48 change can draw), and
+    that face, without landmarks (so the ellipse mask applies)."""
+    yy, xx = np.mgrid[0:600, 0:600]
+    pixels = 90 + 0.15 * xx + 0.05 * yy
+    bar = (yy >= 300) & (yy < 360) & (xx >= 200) & (xx < 400)
+    pixels[bar] = 40 + 25 * (xx[bar] // 4 % 2)  # 4-pixel stripes
+    mid_x, mid_y = 60 + face_ops.EYE_CENTRE[0] * 480, 60 + face_ops.EYE_CENTRE[1] * 480
+    half = face_ops.EYE_DISTANCE * 480 / 2
+    face = face_ops.Face((60, 60, 540, 540), (mid_x - half, mid_y), (mid_x + half, mid_y))
+    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB"), face
+
+
+def test_warp_moves_a_feature_the_way_the_flow_says_carrying_the_photos_own_detail():
+    photo, face = _striped_face_photo()
+    crop = face_ops.crop(photo, face)
+    raised = np.roll(crop, -2, axis=0)  # the edit: the bar 2 crop pixels (20 photo pixels) higher
+    flow = face_ops.crop_flow(crop, raised)
+    on_bar = (slice(25, 29), slice(18, 30))
+    np.testing.assert_allclose(flow[on_bar][..., 1].mean(), 2.0, atol=0.5)  # the crop at p + (0, 2) is the edit at p
+    assert np.abs(flow[on_bar][..., 0]).mean() < 0.5
+    warped = np.asarray(face_ops.paste(photo, face, crop, raised, blend="warp"), dtype=float)[..., 0]
+    before = np.asarray(photo, dtype=float)[..., 0]
+    rows = slice(290, 330)  # the bar's upper part, now 20 pixels higher
+    cols = slice(260, 340)  # its middle, where the mask is 1
+    assert np.abs(warped[rows, cols] - before[20:][rows, cols]).mean() < 6  # the stripes moved, not repainted
+    added = np.asarray(face_ops.paste(photo, face, crop, raised, blend="landmarks"), dtype=float)[..., 0]
+    assert np.abs(added[rows, cols] - before[20:][rows, cols]).mean() > 2 * np.abs(warped[rows, cols] - before[20:][rows, cols]).mean()
+    warped_photo = face_ops.paste(photo, face, crop, raised, blend="warp")
+    outside = ~face.inside_crop(*np.mgrid[0:600, 0:600][::-1])
+    assert np.array_equal(np.asarray(warped_photo)[outside], np.asarray(photo)[outside])  # bit-identical outside the crop
+    assert np.array_equal(np.asarray(face_ops.paste(photo, face, crop, crop, blend="warp")), np.asarray(photo))  # no edit, no change
+
+
+@pytest.mark.parametrize("face_width", [50, 1000])
+def test_tiny_and_huge_faces_are_found_aligned_and_edited_only_inside(photo, finder, face_width):
+    """A face 50 pixels wide, and one 1,000 wide in a photo looked at through a reduced copy
+    (photos.DETECT_SIDE): found at the same place, its landmarks on the photo itself."""
+    face = finder.find(photo)[0]
+    scale = face_width / (face.box[2] - face.box[0])
+    resized = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.LANCZOS)
+    (found,) = face_ops.select(finder.find(resized), "largest")
+    np.testing.assert_allclose(found.left_eye, np.asarray(face.left_eye) * scale, atol=0.05 * face_width)
+    np.testing.assert_allclose(np.asarray(found.landmarks)[48:68].mean(0), np.asarray(face.landmarks)[48:68].mean(0) * scale, atol=0.05 * face_width)
+    crop = face_ops.crop(resized, found)
+    assert np.abs(crop.astype(float) - face_ops.crop(photo, face)).mean() < 12  # the same face, framed alike
+    pasted = face_ops.paste(resized, found, crop, np.clip(crop.astype(int) + 30, 0, 255).astype(np.uint8))
+    assert _outside_face_unchanged(resized, pasted, found) and pasted != resized
+
+
 def _smooth_photo_with_a_feature():
     """A smooth gradient with one dark bar: a feature a warp can move."""
     yy, xx = np.mgrid[0:200, 0:200]
@@ -246,7 +316,7 @@ def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_t
     assert result["metrics"]["outside_changed"] == 0
     assert all(0 <= r["identity_distance"] < 2 and r["seam"] >= 0 for r in result["rows"])
     assert 0 <= result["metrics"]["macro_f1_second"] <= 1 and all(r["judged_second"] in EMOTIONS for r in result["rows"])  # both judges report
-    sheet = Image.open(out / "contact_sheet.png")
+    sheet = Image.open(out / "contact_sheet.jpg")
     assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7 + 1  # its edits, its summary
 
 

@@ -119,9 +119,12 @@ def _edit(p):
 
 
 def _blend(p):
-    p.add_argument("--blend", default=BLENDS[0], choices=BLENDS, help="in photos: the mask the edit is blended back under: "
-                   "landmarks (the face's own brows, eyes, nose, mouth and chin, fading to nothing inside the face) or ellipse "
-                   f"(a fixed ellipse of the face crop, the blend before issue #19) (default: {BLENDS[0]})")  # fmt: skip
+    p.add_argument("--blend", default=BLENDS[0], choices=BLENDS, help="in photos: how the edit goes back into the photo: "
+                   "landmarks (the luminance change added under the face's own brows, eyes, nose, mouth and chin, fading to "
+                   "nothing inside the face, with anything covering the face filled in before the edit and left as it is), "
+                   "warp (the same mask, the photo's own pixels moved by the edit's optical flow and only what moving cannot "
+                   "explain added; measured in the README, not better) or ellipse (the change added under a fixed ellipse of "
+                   f"the face crop, the blend before issue #19) (default: {BLENDS[0]})")  # fmt: skip
 
 
 def _training(p):
@@ -589,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
         "re-cropped from the edited photo (per-emotion F1), a seam score (the 99.9th percentile of the change's step "
         "where the photo is flat, once the input is moved onto the edit by optical flow, in grey levels per pixel; 0 for an "
         "unedited photo) and the pixels changed outside the face (must be 0). Writes OUT/report.md, OUT/metrics.json and "
-        "OUT/contact_sheet.png (each photo's face and its 7 edits).",
+        "OUT/contact_sheet.jpg (each photo's face and its 7 edits).",
         [model, edit, device],
     )  # fmt: skip
     p.add_argument("photos", nargs="+", help="photos, or folders of them (e.g. ../shared/photos)")

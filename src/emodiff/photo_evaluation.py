@@ -290,4 +290,4 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "report.md", lambda t: t.write_text("\n".join(lines) + "\n"))
     atomic_write(out / "metrics.json", lambda t: t.write_text(json.dumps({"metrics": m, "rows": evaluation.rows}, indent=2)))
-    save_image(evaluation.sheet, out / "contact_sheet.png")
+    save_image(evaluation.sheet, out / "contact_sheet.jpg", {"quality": 85})  # a figure for docs: small in the repository

@@ -14,7 +14,10 @@ channels leaves Cb and Cr unchanged, so colour is kept, the photo's own detail a
 stay, and every pixel outside the mask is bit-identical to the input. The mask (``blend``) follows
 the face's own 68 landmarks — brows and the forehead just above them, eyes, nose, mouth and chin,
 where an expression lives — and fades to nothing well inside the crop; ``ellipse`` is the fixed
-ellipse of the crop used before, kept for faces whose landmarks are not found well.
+ellipse of the crop used before, kept for faces whose landmarks are not found well. What covers
+the face (``occluder_mask``) is filled in before the edit (``fill_occluder``) and never pasted
+over. ``warp`` moves the photo's own pixels by the edit's optical flow instead and adds only what
+moving leaves; measured (README) and not the default.
 """
 
 from __future__ import annotations
@@ -307,7 +310,10 @@ class Preparer:
         if not found:
             raise NoFaceError("no face found (a face crop of at most 64x64 pixels is used whole)")
         chosen = select(found, self.face)
-        return Prepared(image, np.stack([crop(image, face) for face in chosen]), chosen, self.blend)
+        crops = [crop(image, face) for face in chosen]
+        if self.blend != "ellipse":
+            crops = [fill_occluder(image, face, crop_) for face, crop_ in zip(chosen, crops)]
+        return Prepared(image, np.stack(crops), chosen, self.blend)
 
 
 # ----------------------------------------------------------------------------- putting edits back
@@ -404,6 +410,31 @@ def occluder_mask(photo: Image.Image, face: Face, box: tuple[int, int, int, int]
     return np.clip(cv2.resize(found, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR) * 1.5, 0, 1)
 
 
+def fill_occluder(photo: Image.Image, face: Face, crop_: np.ndarray) -> np.ndarray:
+    """The face's crop with what covers it (``occluder_mask``) filled in from the skin around it
+    (OpenCV's Telea inpainting): the model then edits a face, not a face with a bar across it, whose
+    decodes reacted to the bar with changes all over the eyes and brows (on the occluded copies of
+    docs/photos, most such edits were no longer the same person). The change is never pasted over
+    the occluder itself (``paste``); a face with nothing over it is returned as it is."""
+    import cv2
+
+    if not face.landmarks:
+        return crop_
+    size = crop_.shape[0]
+    box = _paste_region(photo, face, size)
+    covered = occluder_mask(photo, face, box) if box else None
+    if covered is None:
+        return crop_
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # crop pixel centres, into the box's pixel grid
+    map_x = (a * u + b * v + c - box[0] - 0.5).astype(np.float32)
+    map_y = (d * u + e * v + f - box[1] - 0.5).astype(np.float32)
+    hole = cv2.remap(covered.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.5
+    if not hole.any():
+        return crop_
+    return cv2.inpaint(np.ascontiguousarray(crop_), hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+
+
 def blend_mask(face: Face, size: int, blend: str = "landmarks") -> np.ndarray:
     """Where, and how much of, an edit's change goes into the photo, on the crop's grid: the face's
     landmark mask, or the fixed ellipse for ``ellipse`` and faces without landmarks."""
@@ -412,18 +443,55 @@ def blend_mask(face: Face, size: int, blend: str = "landmarks") -> np.ndarray:
     return landmark_mask(face, size) if blend == "landmarks" and face.landmarks else ellipse_mask(size)
 
 
-def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarray, blend: str = "landmarks") -> Image.Image:
-    """The photo with the luminance change (edited - original crop) added under the ``blend`` mask."""
-    size = original.shape[0]
-    change = (edited.astype(np.float32) - original.astype(np.float32)) * blend_mask(face, size, blend)
+def _paste_region(photo: Image.Image, face: Face, size: int) -> tuple[int, int, int, int] | None:
+    """The photo pixels (left, top, right, bottom) the face's crop square covers; None if none."""
     a, b, c, d, e, f = face.crop_to_photo(size)
     corners = [(a * u + b * v + c, d * u + e * v + f) for u in (0, size) for v in (0, size)]
     left = max(0, math.floor(min(x for x, _ in corners)))
     top = max(0, math.floor(min(y for _, y in corners)))
     right = min(photo.width, math.ceil(max(x for x, _ in corners)))
     bottom = min(photo.height, math.ceil(max(y for _, y in corners)))
-    if right <= left or bottom <= top:
+    return (left, top, right, bottom) if right > left and bottom > top else None
+
+
+def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarray, blend: str = BLENDS[0]) -> Image.Image:
+    """The photo with the edit (``edited`` over the ``original`` crop) carried into it by ``blend``:
+    ``warp`` moves the photo's own pixels and shades them (``warp_change``), ``landmarks`` and
+    ``ellipse`` add the luminance change under their mask. Pixels the edit does not reach keep
+    their exact values; nothing outside the crop square changes."""
+    if blend not in BLENDS:
+        raise ValueError(f"blend {blend!r}: expected one of {', '.join(BLENDS)}")
+    size = original.shape[0]
+    box = _paste_region(photo, face, size)
+    if box is None:
         return photo.copy()
+    left, top, right, bottom = box
+    pixels = np.array(photo.crop(box))  # only the face's region: a 14-megapixel photo is not copied 7 times
+    # the luminance-carrying channels: all of L, L of LA, or R, G, B
+    view = pixels[..., None] if pixels.ndim == 2 else pixels[..., : 1 if photo.mode == "LA" else 3]
+    covered = occluder_mask(photo, face, box) if blend != "ellipse" and face.landmarks else None
+    keep = None if covered is None else (1 - covered)[..., None]  # what covers the face stays the photo's
+    if blend == "warp":
+        updated = warp_change(view, face, box, original, edited, keep)
+    else:
+        updated = view.astype(np.float32) + _added_change(face, box, original, edited, blend) * (1 if keep is None else keep)
+    updated = np.clip(np.rint(updated), 0, 255).astype(np.uint8)
+    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32)
+    inside = face.inside_crop(xs, ys, size)[..., None]  # the resampling kernel reaches a pixel past the square
+    touched = np.broadcast_to(inside, view.shape) & (updated != view)
+    view[touched] = updated[touched]  # untouched pixels keep their exact values
+    result = photo.copy()
+    result.paste(Image.fromarray(pixels), box)
+    return result
+
+
+def _added_change(face: Face, box: tuple[int, int, int, int], original: np.ndarray, edited: np.ndarray, blend: str) -> np.ndarray:
+    """The luminance change (edited - original crop) under ``blend``'s mask, on the photo pixels of
+    ``box`` (H, W, 1): what ``landmarks`` and ``ellipse`` add to every channel."""
+    size = original.shape[0]
+    change = (edited.astype(np.float32) - original.astype(np.float32)) * blend_mask(face, size, blend)
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    left, top, right, bottom = box
     # photo pixel (x, y) -> crop (u, v): the inverse of the similarity, offset to the region
     det = a * e - b * d
     ia, ib, id_, ie = e / det, -b / det, -d / det, a / det
@@ -436,21 +504,63 @@ def paste(photo: Image.Image, face: Face, original: np.ndarray, edited: np.ndarr
         fillcolor=0.0,
     )
     delta = np.asarray(region, dtype=np.float32)[..., None]
-    box = (left, top, right, bottom)
-    covered = occluder_mask(photo, face, box) if blend == "landmarks" and face.landmarks else None
-    if covered is not None:  # what covers the face stays the photo's
-        delta = delta * (1 - covered[..., None])
-    pixels = np.array(photo.crop(box))  # only the face's region: a 14-megapixel photo is not copied 7 times
-    # the luminance-carrying channels: all of L, L of LA, or R, G, B
-    view = pixels[..., None] if pixels.ndim == 2 else pixels[..., : 1 if photo.mode == "LA" else 3]
-    updated = np.clip(np.rint(view.astype(np.float32) + delta), 0, 255).astype(np.uint8)
-    ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32)
-    inside = face.inside_crop(xs, ys, size)[..., None]  # the resampling kernel reaches a pixel past the square
-    touched = np.broadcast_to((np.abs(delta) >= 0.5) & inside, view.shape)
-    view[touched] = updated[touched]  # untouched pixels keep their exact values
-    result = photo.copy()
-    result.paste(Image.fromarray(pixels), box)
-    return result
+    return np.where(np.abs(delta) >= 0.5, delta, 0)  # a change that rounds to nothing changes nothing
+
+
+FLOW_SCALE = 4  # the crops' flow is found on copies this many times finer: DIS's 8-pixel patches then span 2 crop pixels
+FLOW_SMOOTH = 1.0  # crop pixels: the flow's Gaussian smoothing, so features move as wholes and skin does not shred
+
+
+def crop_flow(original: np.ndarray, edited: np.ndarray) -> np.ndarray:
+    """Dense flow (H, W, 2, in crop pixels) that carries the original crop onto its edit:
+    ``original`` sampled at p + flow(p) is as close to ``edited`` at p as moving pixels can make
+    it (OpenCV's DIS on FLOW_SCALE-times finer copies, smoothed by FLOW_SMOOTH)."""
+    import cv2
+
+    size = original.shape[0]
+    fine = lambda image: cv2.resize(image, (size * FLOW_SCALE,) * 2, interpolation=cv2.INTER_CUBIC)  # noqa: E731
+    dis = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+    flow = dis.calc(fine(edited), fine(original), None)
+    flow = cv2.GaussianBlur(flow, (0, 0), FLOW_SMOOTH * FLOW_SCALE)
+    return cv2.resize(flow, (size, size), interpolation=cv2.INTER_AREA) / FLOW_SCALE
+
+
+def warp_change(view: np.ndarray, face: Face, box: tuple[int, int, int, int], original: np.ndarray, edited: np.ndarray,
+                keep: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+    """The photo region ``view`` (H, W, C uint8, the pixels of ``box``) with the edit carried in as
+    geometry plus shading: the flow that moves the original crop onto its edit (``crop_flow``),
+    taken to the photo's resolution, moves the photo's own pixels, so a mouth corner that rises
+    carries its skin and beard with it; what moving cannot explain (a mouth that opens, a furrow)
+    is added as luminance, as ``landmarks`` adds the whole change. Both fade out under the
+    landmark mask and stop where ``keep`` (an occluder) is 0. Returns float (H, W, C).
+
+    Measured against ``landmarks`` on docs/photos (README): the judge reads it a little better and
+    the second judge a little worse, at the same identity, and where the 48x48 flow is wrong a
+    moved fold and its shading show twice (a higher seam score), so it is not the default."""
+    import cv2
+
+    size = original.shape[0]
+    flow = crop_flow(original, edited)
+    ys, xs = np.mgrid[0:size, 0:size].astype(np.float32)
+    moved = cv2.remap(original.astype(np.float32), xs + flow[..., 0], ys + flow[..., 1], cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    mask = blend_mask(face, size, "landmarks")
+    fields = np.dstack([flow, edited.astype(np.float32) - moved]) * mask[..., None]  # move, and what moving leaves
+    # every photo pixel's place on the crop grid (pixel centres), to sample the crop's fields there
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    left, top, right, bottom = box
+    det = a * e - b * d
+    py, px = np.mgrid[top:bottom, left:right].astype(np.float64) + 0.5
+    u = ((e * (px - c) - b * (py - f)) / det - 0.5).astype(np.float32)
+    v = ((-d * (px - c) + a * (py - f)) / det - 0.5).astype(np.float32)
+    sampled = cv2.remap(fields.astype(np.float32), u, v, cv2.INTER_CUBIC, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+    if keep is not None:
+        sampled = sampled * keep
+    flow_u, flow_v, shading = (sampled[..., i] for i in range(3))
+    # a move of (du, dv) crop pixels is one of (a du + b dv, d du + e dv) photo pixels
+    ry, rx = np.mgrid[0 : bottom - top, 0 : right - left].astype(np.float32)
+    map_x, map_y = rx + a * flow_u + b * flow_v, ry + d * flow_u + e * flow_v
+    warped = cv2.remap(view.astype(np.float32), map_x.astype(np.float32), map_y.astype(np.float32), cv2.INTER_CUBIC, borderMode=cv2.BORDER_REPLICATE)
+    return warped.reshape(view.shape) + shading[..., None]
 
 
 def save_options(image: Image.Image, fmt: str) -> dict:

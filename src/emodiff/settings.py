@@ -7,7 +7,7 @@ from dataclasses import dataclass
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
 DEFAULT_GUIDANCE = 7.0
-BLENDS = ("landmarks", "ellipse")  # masks a photo edit is blended back under (photos.blend_mask), the default first
+BLENDS = ("landmarks", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
 
 
 @dataclass(frozen=True)
@@ -37,11 +37,12 @@ class EditSettings:
     # alone under-draws. None: the model's own per-emotion scales (pipeline.EDIT_DEFAULTS) where it
     # has them, else 0 (off).
     classifier_guidance: float | None = None
-    # Edit a copy of the face brought to FER-2013's typical brightness and contrast, and scale the
-    # change back to the face's own contrast (with keep_detail). The model learned expressions on
-    # FER's faces: photos are flatter (a portrait's centre has a third of FER's contrast) and their
-    # edits came out twice as strong as on FER faces, as dark blotches that cost identity. None: on
-    # with keep_detail.
+    # Edit a copy of the face brought to FER-2013's typical brightness, and a flat face to its
+    # typical contrast, and scale the change back to the face's own contrast (with keep_detail;
+    # pipeline.to_typical_level). The model learned expressions on FER's faces: portraits are
+    # flatter (their crops have 0.4 to 0.65 of FER's typical contrast) and their edits came out
+    # twice as strong as on FER faces, as dark blotches that cost identity; a brightened face lost
+    # identity the same way. None: on with keep_detail.
     normalise: bool | None = None
 
     def __post_init__(self):
