@@ -316,6 +316,7 @@ def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_t
     assert result["metrics"]["outside_changed"] == 0
     assert all(0 <= r["identity_distance"] < 2 and r["seam"] >= 0 for r in result["rows"])
     assert 0 <= result["metrics"]["macro_f1_second"] <= 1 and all(r["judged_second"] in EMOTIONS for r in result["rows"])  # both judges report
+    assert 0 <= result["metrics"]["macro_f1_crops"] <= 1 and all(r["judged_crop"] in EMOTIONS for r in result["rows"])  # and the 48x48 edits
     sheet = Image.open(out / "contact_sheet.jpg")
     assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7 + 1  # its edits, its summary
 

@@ -119,3 +119,40 @@ def test_init_continues_a_trained_model_and_cosine_decays_the_learning_rate_to_z
     assert max(rates) > 1e-4 and rates[-1] < 1e-6  # warmed up, then decayed to zero at the budget
     with pytest.raises(ValueError, match="--cond"):
         train_diffusion(DiffusionTrainConfig(cond="vae", data=str(fer_csv), out=str(tmp_path / "x"), init=str(first), **tiny))
+
+
+def test_balanced_batches_draw_every_emotion_equally_and_the_same_on_every_call(tmp_path):
+    from emodiff.runs import Run
+
+    labels = torch.tensor([0] * 1000 + [1] * 10 + [4] * 100)  # as skewed as FER's disgust, and a class missing
+    run = Run(tmp_path / "run", resume=False, device="cpu", seed=3, checkpoint_minutes=5)
+    drawn = torch.cat([run.balanced_batch(step, labels, 64) for step in range(300)])
+    assert drawn.min() >= 0 and drawn.max() < len(labels)
+    shares = torch.bincount(labels[drawn], minlength=5).float() / len(drawn)
+    torch.testing.assert_close(shares[[0, 1, 4]], torch.full((3,), 1 / 3), atol=0.02, rtol=0)
+    assert shares[[2, 3]].sum() == 0
+    assert len(set(drawn[labels[drawn] == 1].tolist())) == 10  # all ten rare faces are seen, not one of them
+    assert torch.equal(run.balanced_batch(7, labels, 64), run.balanced_batch(7, labels, 64))  # resumable: a step's batch is fixed
+    assert not torch.equal(run.balanced_batch(7, labels, 64), run.balanced_batch(8, labels, 64))
+
+
+@pytest.mark.parametrize("max_timestep", [0, 1001])
+def test_a_timestep_range_outside_the_schedule_is_refused(fer_csv, tmp_path, max_timestep):
+    with pytest.raises(ValueError, match=f"--max-timestep {max_timestep}: expected 1..1000"):
+        train_diffusion(_config(fer_csv, tmp_path / "x", max_timestep=max_timestep))
+
+
+@pytest.mark.slow
+def test_a_balanced_fine_tune_at_low_timesteps_resumes_with_its_recipe(fer_csv, tmp_path):
+    """Resumed with both options left out, the run keeps them (its record) and ends where the
+    uninterrupted run does; the recipe differs from a plain run's."""
+    recipe = dict(balance_classes=True, max_timestep=400)
+    train_diffusion(_config(fer_csv, tmp_path / "full", **recipe))
+    train_diffusion(_config(fer_csv, tmp_path / "plain"))
+    parted = tmp_path / "parted"
+    train_diffusion(_config(fer_csv, parted, stop_at_step=3, **recipe))
+    train_diffusion(DiffusionTrainConfig(cond="label", data=str(fer_csv), out=str(parted), device="cpu", resume=True))
+    full, resumed, plain = (load_file(str(tmp_path / name / CHECKPOINT)) for name in ("full", "parted", "plain"))
+    for key in full:
+        torch.testing.assert_close(resumed[key], full[key], rtol=1e-4, atol=1e-6, msg=key)
+    assert any(not torch.allclose(full[key], plain[key]) for key in full if key.startswith("model."))

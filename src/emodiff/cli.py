@@ -404,7 +404,8 @@ def _cmd_evaluate_photos(args) -> int:
     write_photo_report(evaluation, Path(args.out), _command_line())
     m = evaluation.metrics
     second = f" (second judge {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else ""
-    print(f"macro F1 {m['macro_f1']:.3f}{second}, identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
+    print(f"macro F1 {m['macro_f1']:.3f}{second} (the 48x48 edits before the paste-back {m['macro_f1_crops']:.3f}), "
+          f"identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
           f"pixels changed outside the faces {m['outside_changed']}; report in {args.out}")
     return 0
 
@@ -486,6 +487,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate after warm-up (default: 3e-4)")
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="learning rate after warm-up: constant, or cosine decay to zero at the --images budget (default: constant)")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
+    p.add_argument("--max-timestep", type=int, default=None, help="train only on timesteps below this (of 1000): edits invert to "
+                   "and decode from strength x 1000 (400 by default), so a fine-tuning stage (--init) can spend its budget there; "
+                   "a model trained so no longer samples from pure noise (--mode paper) (default: all 1000)")  # fmt: skip
+    p.add_argument("--balance-classes", action="store_true", help="draw every emotion equally often (each face by first "
+                   "drawing its emotion uniformly) instead of in FER-2013's proportions, where disgust is 1.5%% of faces")  # fmt: skip
     p.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
     p.add_argument("--sample-minutes", type=float, default=30.0, help="minutes between sample grids in OUT/samples (one more at the end; default: 30)")

@@ -2,7 +2,8 @@
 
 - identity: dlib's face descriptor of the face in the edited photo against the input's, both at the
   photo's own resolution (same person below 0.6);
-- emotion: the judge's verdict on the face re-cropped from the edited photo (per-target F1);
+- emotion: the judge's verdict on the face re-cropped from the edited photo (per-target F1), and
+  on the 48x48 edits before they were pasted back: what the paste-back keeps of the edit;
 - containment: pixels changed outside the face's crop square (must be 0);
 - seam: the 99.9th percentile of the step in the difference map where the photo is flat, after the
   input has been aligned to the edit by dense optical flow. A plain gradient of the difference
@@ -201,15 +202,17 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
             except NoFaceError:
                 missed.append(name)
                 continue
-            (outputs,), _, _ = pipeline.edit_prepared([prepared], targets, settings, seed=seed)
+            (outputs,), edits, _ = pipeline.edit_prepared([prepared], targets, settings, seed=seed)
             face = prepared.faces[0]
             region = crop_region(photo, face)
             reference = identity.descriptor(photo, face)
             recropped = np.stack([crop(edited, face) for edited in outputs])
             verdicts = [judge_labels(judge, recropped) for judge in judges]
-            for target, edited, *verdict in zip(targets, outputs, *verdicts):
+            on_crops = judge_labels(judges[0], edits[0])  # the 48x48 edits themselves, before the paste-back
+            for target, edited, crop_verdict, *verdict in zip(targets, outputs, on_crops, *verdicts):
                 rows.append({
                     "photo": name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict[0])],
+                    "judged_crop": EMOTIONS[int(crop_verdict)],
                     "judged_second": EMOTIONS[int(verdict[1])] if len(verdict) > 1 else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
@@ -223,6 +226,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     distances = np.array([r["identity_distance"] for r in rows])
     true = np.array([EMOTIONS.index(r["target"]) for r in rows])
     emotion = emotion_scores(true, np.array([EMOTIONS.index(r["judged"]) for r in rows]))
+    crops = emotion_scores(true, np.array([EMOTIONS.index(r["judged_crop"]) for r in rows]))
     second = emotion_scores(true, np.array([EMOTIONS.index(r["judged_second"]) for r in rows])) if len(judges) > 1 else None
     metrics = {
         "photos": len(rows) // len(targets),
@@ -230,6 +234,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         "faces_missed": missed,
         "macro_f1": emotion["macro_f1"],
         "f1": emotion["f1"],
+        "macro_f1_crops": crops["macro_f1"],  # the judge on the 48x48 edits: what the paste-back starts from
         "macro_f1_second": second and second["macro_f1"],
         "f1_second": second and second["f1"],
         "identity_kept": float(np.mean(distances < IDENTITY_THRESHOLD)),
@@ -265,6 +270,7 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
         "",
         f"Macro F1 of the judge on the re-cropped faces **{m['macro_f1']:.3f}**"
         + (f" (second judge, which only reports: {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else "")
+        + f", on the 48x48 edits before they were pasted back {m['macro_f1_crops']:.3f}"
         + f"; identity kept (distance < {IDENTITY_THRESHOLD}, "
         f"at the photo's resolution) **{m['identity_kept']:.0%}** (median {m['identity_median']:.3f}); seam score median "
         f"{m['seam_median']:.2f}, largest {m['seam_max']:.2f} grey levels per pixel (an unedited photo scores 0); pixels "

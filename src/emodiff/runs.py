@@ -224,6 +224,18 @@ class Run:
         index = epoch_order(n, self.seed, epoch)[offset * batch_size : (offset + 1) * batch_size]
         return index[self.accelerator.process_index :: self.accelerator.num_processes]
 
+    def balanced_batch(self, step: int, labels: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """This process's share of step ``step``'s batch, each face drawn by first drawing its label
+        uniformly among those present, then a face of that label: every class is seen as often."""
+        g = torch.Generator().manual_seed(step_seed(self.seed, step) + 1)  # the same on every process
+        order = torch.argsort(labels, stable=True)
+        classes, counts = torch.unique_consecutive(labels[order], return_counts=True)
+        starts = torch.cumsum(counts, 0) - counts
+        chosen = torch.randint(len(classes), (batch_size,), generator=g)
+        within = (torch.rand(batch_size, generator=g) * counts[chosen]).long().clamp(max=counts[chosen] - 1)
+        index = order[starts[chosen] + within]
+        return index[self.accelerator.process_index :: self.accelerator.num_processes]
+
     def generator(self, step: int) -> torch.Generator:
         """The generator of step ``step`` on this process; torch's global RNG (dropout) is seeded alike."""
         seed = step_seed(self.seed, step, self.accelerator.process_index)

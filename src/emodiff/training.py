@@ -211,6 +211,12 @@ class DiffusionTrainConfig:
     ema_decay: float = 0.999
     cond_dropout: float = 0.1  # each of label and code, independently
     min_snr_gamma: float | None = None
+    # Train only on timesteps t < max_timestep (None: all of T). Edits invert to and decode from
+    # strength*T (0.4 by default), so a fine-tuning stage there spends the budget where edits are made.
+    max_timestep: int | None = None
+    # Draw each face by drawing its emotion uniformly first: every emotion is seen as often, whatever
+    # its share of the data (disgust is 436 of the 28,709 Training faces).
+    balance_classes: bool = False
     block_out_channels: tuple[int, ...] = (32, 64, 128)
     layers_per_block: int = 2
     attention_levels: tuple[bool, ...] = (False, False, False)
@@ -259,6 +265,8 @@ def _check_diffusion_config(config: DiffusionTrainConfig) -> int | None:
         raise ValueError(f"unknown --cond {config.cond!r}: expected one of {', '.join(CONDITIONS)}")
     if config.lr_schedule not in ("constant", "cosine"):
         raise ValueError(f"unknown --lr-schedule {config.lr_schedule!r}: expected constant or cosine")
+    if config.max_timestep is not None and not 0 < config.max_timestep <= 1000:
+        raise ValueError(f"--max-timestep {config.max_timestep}: expected 1..1000 (of the 1000 training timesteps)")
     budget_images = config.images if config.images or config.minutes else 600_000
     if config.lr_schedule == "cosine" and not budget_images:
         raise ValueError("--lr-schedule cosine decays to zero at the --images budget: give --images, not --minutes")
@@ -352,11 +360,11 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
     model.train()
     with run.checkpoint_on_interrupt(save):
         while (stop is None or step < stop) and (config.minutes is None or run.minutes() < config.minutes):
-            index = run.batch(step, len(train), batch_size)
+            index = run.balanced_batch(step, labels, batch_size) if config.balance_classes else run.batch(step, len(train), batch_size)
             g = run.generator(step)
             flip = torch.rand(len(index), generator=g) < 0.5
             x0 = torch.where(flip[:, None, None, None], images[index].flip(-1), images[index])
-            t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=g)
+            t = torch.randint(0, config.max_timestep or noise_scheduler.config.num_train_timesteps, (len(index),), generator=g)
             noise = torch.randn(x0.shape, generator=g)
             label = torch.where(torch.rand(len(index), generator=g) < config.cond_dropout, NULL_LABEL, labels[index])
             drop_code = torch.rand(len(index), generator=g) < config.cond_dropout
