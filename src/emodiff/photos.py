@@ -48,8 +48,8 @@ BORDER = 0.10
 # chin points pulled CHIN_PULL of the way in toward the mouth's centre (the jaw line stays the
 # photo's), blurred by a Gaussian of LANDMARK_FEATHER eye distances. Measured against the ellipse on
 # the photos of docs/photos: the same emotion read and identity kept, with no change on the jaw,
-# ears, hair or background around a turned face. A wider fade (0.2, 0.3) lowered the seam score a
-# little and both judges' F1 a lot (README, "The paste-back, measured").
+# ears, hair or background around a turned face. A wider fade (0.2, 0.3, tried on the --variants
+# photos) lowered the seam score a little and both judges' F1 a lot.
 BROW_LIFT = 0.25
 CHIN_PULL = 0.8
 LANDMARK_FEATHER = 0.12
