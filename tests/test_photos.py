@@ -321,6 +321,50 @@ def test_evaluate_photos_measures_every_edit_and_finds_nothing_changed_outside_t
     assert sheet.width > 8 * 96 and (out / "report.md").read_text().count("| astronaut.jpg |") == 7 + 1  # its edits, its summary
 
 
+class _CornerJudge:
+    """Reads 'emotion k' from the mean of a crop's top-left 6x6 corner, in 7 bands of brightness:
+    a judge whose verdicts a test can predict. The paste-back never reaches that corner (the crop's
+    outer border is faded out), so on a re-cropped photo it reads the input, on an edit the edit."""
+
+    def __init__(self):
+        import torch
+
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+    def parameters(self):
+        return iter([self.weight])
+
+    def predict_proba(self, x):
+        import torch
+
+        level = x[:, 0, :6, :6].mean((1, 2))  # [-1, 1]
+        return torch.nn.functional.one_hot(((level + 1) / 2 * 7).clamp(0, 6.99).long(), 7).float()
+
+
+class _BandEditor:
+    """Edits every face to a flat crop of the target's brightness band: what _CornerJudge reads as the target."""
+
+    def edit_prepared(self, prepared, targets, settings, seed=0):
+        bands = np.stack([np.full((48, 48), round((t + 0.5) / 7 * 255), np.uint8) for t in targets])
+        edits = np.broadcast_to(bands, (len(prepared[0].crops), *bands.shape))
+        return [prepared[0].render(edits)], edits, [0, len(edits)]
+
+
+def test_evaluate_photos_judges_the_48x48_edits_and_the_re_cropped_photos_apart_and_by_copy(photo_path):
+    from emodiff.photo_evaluation import ORIGINAL, VARIANTS, _emotion, evaluate_photos
+    from emodiff.settings import EditSettings
+
+    evaluation = evaluate_photos(_BandEditor(), [photo_path], EditSettings(), [_CornerJudge()], variants=True)
+    m, rows = evaluation.metrics, evaluation.rows
+    assert m["macro_f1_crops"] == 1.0 and all(r["judged_crop"] == r["target"] for r in rows)  # the edits, exactly as made
+    assert len({r["judged"] for r in rows if r["copy"] == ORIGINAL}) == 1  # the photo's corner never changes: one verdict
+    assert m["macro_f1"] < 0.2
+    assert list(m["by_copy"]) == [ORIGINAL, *VARIANTS] and all(c["edits"] == 7 and c["macro_f1_crops"] == 1.0 for c in m["by_copy"].values())
+    uncovered = [r for r in rows if r["copy"] != "occluded"]
+    assert len(uncovered) == 28 and m["macro_f1_uncovered"] == _emotion(uncovered, "judged")["macro_f1"]
+    assert m["outside_changed"] == 0
+
+
 def test_seam_score_ignores_texture_carried_far_by_a_warp_but_not_a_seam_on_it():
     """A warp moves textured skin several pixels into places that were flat; aligned by optical
     flow first, that is no seam. The same warp with a pasted-on step across a flat cheek is one."""

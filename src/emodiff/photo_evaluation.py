@@ -124,6 +124,7 @@ class PhotoEvaluation:
     sheet: Image.Image
 
 
+ORIGINAL = "as it is"  # the ``copy`` of a photo measured unchanged
 VARIANTS = ("rotated", "small", "grey", "occluded")
 TURN_DEGREES = 20.0
 SMALL_FACE = 60  # pixels across the detected face box in the "small" copy
@@ -172,6 +173,24 @@ def _changed_fraction(original: Image.Image, edited: Image.Image, where: np.ndar
     return float(_differs(original, edited)[where].mean())
 
 
+def _emotion(rows: list[dict], verdict: str) -> dict:
+    """Per-target F1 and macro F1 of one judge's verdicts (``verdict``: the rows' field) on ``rows``."""
+    from .evaluation import emotion_scores
+
+    return emotion_scores(np.array([EMOTIONS.index(r["target"]) for r in rows]), np.array([EMOTIONS.index(r[verdict]) for r in rows]))
+
+
+def _copy_metrics(rows: list[dict]) -> dict:
+    """What one kind of copy (the photo as it is, or one of ``photo_variants``) scores."""
+    return {
+        "edits": len(rows),
+        "macro_f1": _emotion(rows, "judged")["macro_f1"],
+        "macro_f1_crops": _emotion(rows, "judged_crop")["macro_f1"],
+        "identity_kept": float(np.mean([r["identity_distance"] < IDENTITY_THRESHOLD for r in rows])),
+        "seam_median": float(np.median([r["seam"] for r in rows])),
+    }
+
+
 def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
@@ -182,7 +201,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     edited photo. ``judges``: the judge, and optionally a second one that only reports. A copy in
     which no face is found is counted (``faces_missed``), not measured."""
     from .assets import face_box, view
-    from .evaluation import emotion_scores, judge_labels
+    from .evaluation import judge_labels
     from .grid import labelled_grid
     from .photos import NoFaceError, Preparer, crop, load_photo
 
@@ -191,12 +210,12 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     rows, sheet_rows, names, missed = [], [], [], []
     for path in paths:
         original = load_photo(path)
-        inputs, bar = [(Path(path).name, original)], None
+        inputs, bar = [(Path(path).name, original, ORIGINAL)], None
         if variants:
             found = prepare(original).faces[0]
-            inputs += [(f"{Path(path).name} ({kind})", image) for kind, image in photo_variants(original, found).items()]
+            inputs += [(f"{Path(path).name} ({kind})", image, kind) for kind, image in photo_variants(original, found).items()]
             bar = _polygon_mask(original, bar_polygon(found))
-        for name, photo in inputs:
+        for name, photo, copy in inputs:
             try:
                 prepared = prepare(photo)
             except NoFaceError:
@@ -211,12 +230,12 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
             on_crops = judge_labels(judges[0], edits[0])  # the 48x48 edits themselves, before the paste-back
             for target, edited, crop_verdict, *verdict in zip(targets, outputs, on_crops, *verdicts):
                 rows.append({
-                    "photo": name, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict[0])],
+                    "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict[0])],
                     "judged_crop": EMOTIONS[int(crop_verdict)],
                     "judged_second": EMOTIONS[int(verdict[1])] if len(verdict) > 1 else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
-                    "occluder_changed": _changed_fraction(photo, edited, bar) if name.endswith("(occluded)") else None,
+                    "occluder_changed": _changed_fraction(photo, edited, bar) if copy == "occluded" else None,
                 })  # fmt: skip
             box = face_box(prepared, photo)
             sheet_rows.append([view(photo, box)] + [view(edited, box) for edited in outputs])
@@ -224,10 +243,9 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     if not rows:
         raise ValueError(f"no face found in any photo: {', '.join(missed)}")
     distances = np.array([r["identity_distance"] for r in rows])
-    true = np.array([EMOTIONS.index(r["target"]) for r in rows])
-    emotion = emotion_scores(true, np.array([EMOTIONS.index(r["judged"]) for r in rows]))
-    crops = emotion_scores(true, np.array([EMOTIONS.index(r["judged_crop"]) for r in rows]))
-    second = emotion_scores(true, np.array([EMOTIONS.index(r["judged_second"]) for r in rows])) if len(judges) > 1 else None
+    emotion, crops = _emotion(rows, "judged"), _emotion(rows, "judged_crop")
+    second = _emotion(rows, "judged_second") if len(judges) > 1 else None
+    uncovered = [r for r in rows if r["copy"] != "occluded"]
     metrics = {
         "photos": len(rows) // len(targets),
         "edits": len(rows),
@@ -243,6 +261,11 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         "seam_max": float(max(r["seam"] for r in rows)),
         "outside_changed": int(sum(r["outside_changed"] for r in rows)),
         "occluder_changed": _mean_or_none([r["occluder_changed"] for r in rows if r["occluder_changed"] is not None]),
+        # the bar hides the mouth from the judge on the photo but not on the edit of the filled-in
+        # crop, so the two are comparable on the copies nothing covers
+        "macro_f1_uncovered": _emotion(uncovered, "judged")["macro_f1"],
+        "macro_f1_crops_uncovered": _emotion(uncovered, "judged_crop")["macro_f1"],
+        "by_copy": {copy: _copy_metrics([r for r in rows if r["copy"] == copy]) for copy in dict.fromkeys(r["copy"] for r in rows)},
     }
     sheet = labelled_grid(np.asarray(sheet_rows), names, ["input", *EMOTIONS], scale=1)
     return PhotoEvaluation(rows, metrics, sheet)
@@ -283,6 +306,20 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
     ]
     if m.get("f1_second"):
         lines.append("| F1, second judge | " + " | ".join(f"{m['f1_second'][e]:.2f}" for e in EMOTIONS) + " |")
+    if len(m["by_copy"]) > 1:
+        lines += [
+            "",
+            f"On the photos nothing covers (every copy but the occluded one) the judge reads the re-cropped faces at "
+            f"{m['macro_f1_uncovered']:.3f} against {m['macro_f1_crops_uncovered']:.3f} on their 48x48 edits. The occluded copy is "
+            "edited with the bar filled in, and the bar stays on the photo, over the mouth the judge reads.",
+            "",
+            "| copy | edits | macro F1 | on the 48x48 edits | identity kept | seam median |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {copy} | {c['edits']} | {c['macro_f1']:.3f} | {c['macro_f1_crops']:.3f} | {c['identity_kept']:.0%} | {c['seam_median']:.2f} |"
+            for copy, c in m["by_copy"].items()
+        ]
     lines += [
         "",
         "| photo | judged as the target | identity kept | seam median |",
