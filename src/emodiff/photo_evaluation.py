@@ -263,8 +263,8 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         "occluder_changed": _mean_or_none([r["occluder_changed"] for r in rows if r["occluder_changed"] is not None]),
         # the bar hides the mouth from the judge on the photo but not on the edit of the filled-in
         # crop, so the two are comparable on the copies nothing covers
-        "macro_f1_uncovered": _emotion(uncovered, "judged")["macro_f1"],
-        "macro_f1_crops_uncovered": _emotion(uncovered, "judged_crop")["macro_f1"],
+        "macro_f1_uncovered": _emotion(uncovered, "judged")["macro_f1"] if uncovered else None,
+        "macro_f1_crops_uncovered": _emotion(uncovered, "judged_crop")["macro_f1"] if uncovered else None,
         "by_copy": {copy: _copy_metrics([r for r in rows if r["copy"] == copy]) for copy in dict.fromkeys(r["copy"] for r in rows)},
     }
     sheet = labelled_grid(np.asarray(sheet_rows), names, ["input", *EMOTIONS], scale=1)
@@ -306,7 +306,7 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
     ]
     if m.get("f1_second"):
         lines.append("| F1, second judge | " + " | ".join(f"{m['f1_second'][e]:.2f}" for e in EMOTIONS) + " |")
-    if len(m["by_copy"]) > 1:
+    if len(m["by_copy"]) > 1 and m["macro_f1_uncovered"] is not None:
         lines += [
             "",
             f"On the photos nothing covers (every copy but the occluded one) the judge reads the re-cropped faces at "
