@@ -125,7 +125,8 @@ class PhotoEvaluation:
 
 
 ORIGINAL = "as it is"  # the ``copy`` of a photo measured unchanged
-VARIANTS = ("rotated", "small", "grey", "occluded")
+OCCLUDED = "occluded"  # the copy with a bar across the mouth, which the edit must leave alone
+VARIANTS = ("rotated", "small", "grey", OCCLUDED)
 TURN_DEGREES = 20.0
 SMALL_FACE = 60  # pixels across the detected face box in the "small" copy
 BAR = (0.5, 0.74, 0.62, 0.13)  # the occluding bar: centre x, y, width, height, as fractions of the crop side
@@ -146,7 +147,7 @@ def photo_variants(photo: Image.Image, face) -> dict[str, Image.Image]:
         "rotated": photo.rotate(TURN_DEGREES, resample=Image.BICUBIC, center=(cx, cy)),
         "small": small,
         "grey": photo.convert("L"),
-        "occluded": occluded,
+        OCCLUDED: occluded,
     }
 
 
@@ -235,7 +236,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
                     "judged_second": EMOTIONS[int(verdict[1])] if len(verdict) > 1 else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
-                    "occluder_changed": _changed_fraction(photo, edited, bar) if copy == "occluded" else None,
+                    "occluder_changed": _changed_fraction(photo, edited, bar) if copy == OCCLUDED else None,
                 })  # fmt: skip
             box = face_box(prepared, photo)
             sheet_rows.append([view(photo, box)] + [view(edited, box) for edited in outputs])
@@ -245,7 +246,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     distances = np.array([r["identity_distance"] for r in rows])
     emotion, crops = _emotion(rows, "judged"), _emotion(rows, "judged_crop")
     second = _emotion(rows, "judged_second") if len(judges) > 1 else None
-    uncovered = [r for r in rows if r["copy"] != "occluded"]
+    uncovered = [r for r in rows if r["copy"] != OCCLUDED]
     metrics = {
         "photos": len(rows) // len(targets),
         "edits": len(rows),
