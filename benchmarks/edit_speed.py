@@ -66,7 +66,7 @@ def main() -> None:
     def run_fast():  # bf16 autocast where supported
         pipe.edit_faces(face, targets, fast, source_labels=[0])
 
-    def run_unguided():  # the same, one guidance for all and no classifier guidance (the defaults before issue #20)
+    def run_unguided():  # the same strength, one guidance for all and no classifier guidance: what the guide costs
         pipe.edit_faces(face, targets, EditSettings(guidance=DEFAULT_GUIDANCE, classifier_guidance=0.0), source_labels=[0])
 
     def run_paper():

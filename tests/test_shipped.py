@@ -115,9 +115,10 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
     pipe = EmotionEditPipeline.from_pretrained(device="cpu")
     edits = pipe.edit_faces(faces, [happy, surprise], source_labels=sources)
     judge = load_encoder("judge")
-    assert (judge_labels(judge, edits[:, 0]) == happy).sum() >= 6
-    # 5, not 6: since issue #20 surprise is decoded at guidance 5, chosen to keep the person (71% -> 84%
-    # of reporting-face edits) at some cost in how strongly it reads (F1 0.86 -> 0.78)
+    # 5 of 7, not 6: since issue #20 both are decoded gently (guidance 5, strength 0.3), chosen to keep
+    # the person (reporting faces: surprise 71% -> 84% of edits; all emotions 87% -> 91%) at some
+    # cost in how strongly they read (happy F1 0.87 -> 0.85, surprise 0.86 -> 0.78)
+    assert (judge_labels(judge, edits[:, 0]) == happy).sum() >= 5
     assert (judge_labels(judge, edits[:, 1]) == surprise).sum() >= 5
     own = pipe.edit_faces(faces[:2], [sources[0]], source_labels=sources[:2])[:, 0]
     np.testing.assert_allclose(own[0], faces[0], atol=1)  # editing a face to its own emotion keeps it
@@ -156,8 +157,8 @@ def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, m
         pytest.skip("bf16 edits are pinned for CPUs with bf16 units (AMX / AVX512-BF16)")
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
     pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
-    # the defaults these bytes were made with (the per-emotion scales and normalising of issue #20 change the edits, not the code)
-    settings = EditSettings(guidance=7.0, classifier_guidance=0.0, normalise=False) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, classifier_guidance=0.0)
+    # the defaults these bytes were made with (the strength, per-emotion scales and normalising of issue #20 change the edits, not the code)
+    settings = EditSettings(strength=0.4, guidance=7.0, classifier_guidance=0.0, normalise=False) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, classifier_guidance=0.0)
     edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
     assert hashlib.sha256(edits.tobytes()).hexdigest() == SHIPPED_EDIT_HASHES[scheduler, mode, bf16]
 

@@ -488,7 +488,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="learning rate after warm-up: constant, or cosine decay to zero at the --images budget (default: constant)")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
     p.add_argument("--max-timestep", type=int, default=None, help="train only on timesteps below this (of 1000): edits invert to "
-                   "and decode from strength x 1000 (400 by default), so a fine-tuning stage (--init) can spend its budget there; "
+                   "and decode from strength x 1000 (300 by default), so a fine-tuning stage (--init) can spend its budget there; "
                    "a model trained so no longer samples from pure noise (--mode paper) (default: all 1000)")  # fmt: skip
     p.add_argument("--balance-classes", action="store_true", help="draw every emotion equally often (each face by first "
                    "drawing its emotion uniformly) instead of in FER-2013's proportions, where disgust is 1.5%% of faces")  # fmt: skip
