@@ -61,3 +61,12 @@ def test_two_requests_at_once_are_both_served(service):
         thread.join(timeout=300)
     assert not errors and sorted(results) == [0, 1]
     assert all(len(result[3]) == 1 for result in results.values())
+
+
+def test_the_strength_slider_starts_at_the_default_strength_inside_its_range(service):
+    from emodiff.app import build_app
+
+    app = build_app(service)
+    (slider,) = [block for block in app.blocks.values() if getattr(block, "elem_id", None) == "strength"]
+    assert slider.value == service.settings.strength  # the edit a user gets without touching it is the default
+    assert slider.minimum <= slider.value <= slider.maximum  # a default below the minimum would be clamped

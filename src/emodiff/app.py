@@ -139,7 +139,7 @@ def build_app(service: EditService):
             with gr.Column():
                 upload = gr.File(label="Photo or face crop (up to 20 MB)", type="filepath", elem_id="upload")
                 chosen = gr.CheckboxGroup(list(EMOTIONS), value=["happy"], label="Emotions", elem_id="emotions")
-                strength = gr.Slider(0.3, 1.0, value=service.settings.strength, step=0.05, label="Strength: how far the edit may move from the input", elem_id="strength")
+                strength = gr.Slider(0.1, 1.0, value=service.settings.strength, step=0.05, label="Strength: how far the edit may move from the input", elem_id="strength")
                 button = gr.Button("Edit", variant="primary", elem_id="edit")
                 gr.Examples(samples, inputs=upload, label="Samples")
             with gr.Column():

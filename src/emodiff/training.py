@@ -212,7 +212,7 @@ class DiffusionTrainConfig:
     cond_dropout: float = 0.1  # each of label and code, independently
     min_snr_gamma: float | None = None
     # Train only on timesteps t < max_timestep (None: all of T). Edits invert to and decode from
-    # strength*T (0.3 by default), so a fine-tuning stage there spends the budget where edits are made.
+    # strength*T (0.2 by default), so a fine-tuning stage there spends the budget where edits are made.
     max_timestep: int | None = None
     # Draw each face by drawing its emotion uniformly first: every emotion is seen as often, whatever
     # its share of the data (disgust is 436 of the 28,709 Training faces).
