@@ -136,6 +136,15 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     assert "**(chosen)**" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
     guidance = json.loads((out / "edit_defaults.json").read_text())["guidance"]  # two guidances: one per emotion
     assert sorted(guidance) == sorted(EMOTIONS) and set(guidance.values()) <= {1.0, 3.0}
+    # the per-emotion scales were measured as one more row, and the file holds what the rule prefers
+    combined = result["per_emotion_row"]
+    assert combined["model"] == f"{result['chosen']['model']}, per-emotion scales" and combined not in result["rows"]
+    assert combined["guidance"] is None and sorted(combined["per_emotion"]) == sorted(EMOTIONS)
+    if result["edit_defaults"] == "the chosen setting's scales for every emotion":
+        assert set(guidance.values()) == {result["chosen"]["guidance"]}
+    else:
+        assert result["edit_defaults"] == "the per-emotion scales"
+    assert "| per emotion | per emotion |" in (out / "sweep.md").read_text()
 
 
 @pytest.mark.parametrize(

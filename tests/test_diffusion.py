@@ -390,6 +390,22 @@ def test_per_emotion_guidance_loads_from_the_model_directory_and_guidance_overri
         EmotionEditPipeline.from_pretrained(directory, device="cpu")
 
 
+def test_other_scales_make_a_pipeline_beside_the_first_that_edits_with_them_and_leaves_the_first_alone():
+    from emodiff.settings import EditSettings
+
+    pipe = tiny_pipeline().to("cpu", bf16=False)
+    pipe.edit_defaults = {"guidance": {"happy": 2.0}}
+    other = pipe.with_edit_defaults({"guidance": {"happy": 9.0}})
+    assert other.denoiser is pipe.denoiser and other.bf16 is False  # the same models, the same precision
+    assert pipe.edit_defaults == {"guidance": {"happy": 2.0}} and other.edit_defaults == {"guidance": {"happy": 9.0}}
+    face, plain = faces(1), EditSettings(keep_detail=False)
+    nine = pipe.edit_faces(face, [3], dataclasses.replace(plain, guidance=9.0), source_labels=[6], seed=1)
+    np.testing.assert_array_equal(other.edit_faces(face, [3], plain, source_labels=[6], seed=1), nine)
+    assert not np.array_equal(pipe.edit_faces(face, [3], plain, source_labels=[6], seed=1), nine)
+    with pytest.raises(ValueError, match="unknown edit defaults"):
+        pipe.with_edit_defaults({"strength": {"happy": 0.3}})
+
+
 def _tiny_trained_guide():
     """A tiny noise-aware classifier taught a task it can learn in seconds: class c is a bright bar in row band c."""
     from emodiff.encoders import NoisyEmotionClassifier

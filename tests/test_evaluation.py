@@ -198,3 +198,21 @@ def test_scales_per_emotion_are_chosen_by_the_rule_at_the_chosen_setting_only():
     both = choose_per_emotion(pushed, rows[1])
     assert both["guidance"]["angry"] == 5.0 and both["classifier_guidance"]["angry"] == 15.0
     assert both["guidance"]["happy"] == 5.0 and both["classifier_guidance"]["happy"] == 0.0
+
+
+def test_the_per_emotion_scales_are_kept_only_where_their_own_edits_beat_the_chosen_setting():
+    from emodiff.evaluation import choose_edit_defaults
+    from emodiff.labels import EMOTIONS
+
+    chosen = {"guidance": 9.0, "classifier_guidance": 30.0, "macro_f1": 0.637, "identity_kept": 0.92}
+    per_emotion = {"guidance": {name: 13.0 for name in EMOTIONS}, "classifier_guidance": {name: 15.0 for name in EMOTIONS}}
+    worse = {"macro_f1": 0.606, "identity_kept": 0.91}  # the mix reads below the setting it came from
+    scales, kept = choose_edit_defaults(chosen, per_emotion, worse)
+    assert scales == {"guidance": {name: 9.0 for name in EMOTIONS}, "classifier_guidance": {name: 30.0 for name in EMOTIONS}}
+    assert kept == "the chosen setting's scales for every emotion"
+    assert choose_edit_defaults(chosen, per_emotion, {"macro_f1": 0.65, "identity_kept": 0.91}) == (per_emotion, "the per-emotion scales")
+    # reading better is not enough below 90% identity, where the chosen setting is
+    assert choose_edit_defaults(chosen, per_emotion, {"macro_f1": 0.70, "identity_kept": 0.85})[0] != per_emotion
+    # without classifier guidance in the sweep, none is written for it
+    plain = choose_edit_defaults({**chosen, "classifier_guidance": 0.0}, {"guidance": per_emotion["guidance"]}, worse)[0]
+    assert plain == {"guidance": {name: 9.0 for name in EMOTIONS}}

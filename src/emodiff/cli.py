@@ -332,7 +332,7 @@ def _cmd_sweep(args) -> int:
     import itertools
     import json
 
-    from .evaluation import choose_per_emotion, choose_setting, summary_row, sweep_plot, sweep_table
+    from .evaluation import choose_edit_defaults, choose_per_emotion, choose_setting, summary_row, sweep_plot, sweep_table
     from .files import atomic_write
     from .pipeline import EDIT_DEFAULTS, EmotionEditPipeline, load_editor
 
@@ -344,26 +344,39 @@ def _cmd_sweep(args) -> int:
                     grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise, classifier_guidance=pushed))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
-    rows = []
+
+    def measure(name, pipeline, settings, is_diffusion=True):
+        editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
+        return summary_row(name, settings if is_diffusion else None, setup.evaluate(editor, pipeline.device, progress=False).metrics)
+
+    rows, settings_of = [], {}
     for (name, pipeline), settings in itertools.product(editors.items(), grid):
         is_diffusion = isinstance(pipeline, EmotionEditPipeline)
         if not is_diffusion and settings != grid[0]:
             continue  # a GAN has no edit settings: one row is all it has
         print(f"{name}: {settings if is_diffusion else 'a GAN (no edit settings)'}", flush=True)
-        editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
-        metrics = setup.evaluate(editor, pipeline.device, progress=False).metrics
-        rows.append(summary_row(name, settings if is_diffusion else None, metrics))
+        rows.append(measure(name, pipeline, settings, is_diffusion))
+        settings_of[id(rows[-1])] = settings
     chosen, rule = choose_setting(rows)
     out = Path(args.out)
-    atomic_write(out / "sweep.json", lambda t: t.write_text(json.dumps({"rows": rows, "chosen": chosen, "rule": rule}, indent=2)))
-    atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line())))
-    sweep_plot(rows, chosen, out / "sweep.png")
-    print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
+    combined = kept = scales = None
     if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1):
         per_emotion = choose_per_emotion(rows, chosen)
-        text = json.dumps(per_emotion, indent=2)
+        print(f"{chosen['model']}: the per-emotion scales {per_emotion}", flush=True)
+        own = dataclasses.replace(settings_of[id(chosen)], guidance=None, classifier_guidance=None)
+        combined = measure(f"{chosen['model']}, per-emotion scales", editors[chosen["model"]].with_edit_defaults(per_emotion), own)
+        scales, kept = choose_edit_defaults(chosen, per_emotion, combined)
+    record = {"rows": rows, "chosen": chosen, "rule": rule, "per_emotion_row": combined, "edit_defaults": kept}
+    atomic_write(out / "sweep.json", lambda t: t.write_text(json.dumps(record, indent=2)))
+    atomic_write(out / "sweep.md", lambda t: t.write_text(sweep_table(rows, chosen, rule, _command_line(), combined, kept)))
+    sweep_plot(rows, chosen, out / "sweep.png")
+    print(f"chosen: {chosen} ({rule}); table in {out / 'sweep.md'}")
+    if scales is not None:
+        text = json.dumps(scales, indent=2)
         atomic_write(out / EDIT_DEFAULTS, lambda t: t.write_text(text))
-        print(f"scales per target emotion at the chosen setting: {per_emotion}; copy {out / EDIT_DEFAULTS} into the model directory to make them its defaults")
+        print(f"the per-emotion scales read macro F1 {combined['macro_f1']:.3f} at {combined['identity_kept']:.0%} identity kept, the chosen "
+              f"setting {chosen['macro_f1']:.3f} at {chosen['identity_kept']:.0%}: {out / EDIT_DEFAULTS} holds {kept}; copy it into the "
+              "model directory to make them its defaults")  # fmt: skip
     return 0
 
 
@@ -614,7 +627,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json "
         "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen "
         "setting is the best macro F1 among those keeping >= 90%% of edits under the 0.6 identity distance, else the best "
-        "F1 x identity kept.", [evaluation],
+        "F1 x identity kept. With more than one guidance or classifier guidance, each target emotion's scales are then "
+        "chosen by the same rule on that emotion's F1 and identity, the edits made with them are measured as one more row, "
+        "and OUT/edit_defaults.json holds them if the rule prefers that row to the chosen setting, else the chosen "
+        "setting's scales for every emotion: copy it into a model directory to make them its defaults.", [evaluation],
     )  # fmt: skip
     p.add_argument("--model", action="append", default=None, help="model directory; repeat to compare models (default: the shipped model)")
     p.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")

@@ -394,7 +394,9 @@ def choose_setting(rows: list[dict], min_identity: float = 0.9) -> tuple[dict, s
     )
 
 
-def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None = None) -> str:
+def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None = None, combined: dict | None = None, kept: str | None = None) -> str:
+    """The sweep as markdown; ``combined``: the row of the per-emotion scales, listed last, and
+    ``kept``: which scales edit_defaults.json holds (``choose_edit_defaults``)."""
     lines = ["# Edit-settings sweep", ""]
     if command:
         lines += ["```", command, "```", ""]
@@ -402,11 +404,12 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
         "| model | mode | strength | guidance | classifier guidance | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
+    for r in rows + ([combined] if combined else []):
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
+        scales = ("per emotion",) * 2 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off")
         knobs = ("–",) * 6 if r["mode"] == "gan" else (
-            r["strength"], r["guidance"], r.get("classifier_guidance") or "off", r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
+            r["strength"], *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
         )  # fmt: skip
         second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
         lines.append(
@@ -414,6 +417,9 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
             f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {r['seconds_per_input']:.3f} |"
         )
     lines += ["", f"Choice rule: {rule}, by the first judge; the second judge only reports."]
+    if combined:
+        lines += ["", f"The last row edits with each target emotion's own scales, chosen by the same rule on that emotion's F1 "
+                      f"and identity; edit_defaults.json holds {kept}, whichever of the two the rule prefers."]  # fmt: skip
     return "\n".join(lines) + "\n"
 
 
@@ -486,3 +492,18 @@ def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9
         if pushed:
             by_emotion["classifier_guidance"][name] = best.get("classifier_guidance") or 0.0
     return by_emotion
+
+
+def choose_edit_defaults(chosen: dict, per_emotion: dict, combined: dict, min_identity: float = 0.9) -> tuple[dict, str]:
+    """The scales a model should keep: ``per_emotion`` (``choose_per_emotion``'s) if the edits made
+    with them (``combined``, their sweep row) win over the chosen single setting by
+    ``choose_setting``'s rule, else the chosen setting's scales for every emotion. Each emotion's
+    scales are chosen on its own F1, but its edits also take precision from every other target, so
+    the mix can read worse than the setting it came from (measured: docs/pilot_balanced_s02).
+    Returns the scales and which of the two they are."""
+    if choose_setting([chosen, combined], min_identity)[0] is combined:
+        return per_emotion, "the per-emotion scales"
+    uniform = {"guidance": {name: chosen["guidance"] for name in EMOTIONS}}
+    if "classifier_guidance" in per_emotion:
+        uniform["classifier_guidance"] = {name: chosen.get("classifier_guidance") or 0.0 for name in EMOTIONS}
+    return uniform, "the chosen setting's scales for every emotion"

@@ -250,6 +250,11 @@ class EmotionEditPipeline(FaceEditor):
             text = json.dumps(self.edit_defaults, indent=2)
             atomic_write(directory / EDIT_DEFAULTS, lambda temp: temp.write_text(text))
 
+    def with_edit_defaults(self, edit_defaults: dict) -> EmotionEditPipeline:
+        """The same models (shared, not copied) under other per-emotion scales: a sweep measures the
+        scales it chose without changing the pipeline that chose them."""
+        return type(self)(self.denoiser, self.scheduler, self.encoder, self._classifier, edit_defaults, self._guide).to(self.device, self.bf16)
+
     def to(self, device: str | torch.device = "auto", bf16: bool | None = None) -> EmotionEditPipeline:
         """Move to ``device``; ``bf16`` autocast defaults to on where the hardware supports it."""
         self.device = resolve_device(device)
