@@ -109,3 +109,28 @@ def test_judge_views_are_exact_pixel_shifts_and_stay_fp32_under_autocast():
     for view, reference in zip(under_autocast, views):
         assert view.dtype == torch.float32
         torch.testing.assert_close(view, reference, rtol=0, atol=1e-5)
+
+
+def test_the_guides_adversarial_push_stays_in_its_ball_and_raises_the_loss():
+    """Adversarial training is only as good as its attack: a push outside the radius would train on
+    other faces, one that does not raise the loss would train on nothing harder than the input."""
+    import torch.nn.functional as F
+
+    from emodiff.encoders import NoisyEmotionClassifier
+
+    torch.manual_seed(0)
+    guide = NoisyEmotionClassifier(widths=(8, 16), time_dim=16, adversarial_radius=2.0).eval()
+    noisy, labels = torch.rand(16, 1, 48, 48) * 2 - 1, torch.randint(0, 7, (16,))
+    timesteps = torch.randint(0, 500, (16,))
+    push = guide.adversarial_push(noisy, timesteps, labels)
+    radius = 2.0 * guide.alphas_cumprod[timesteps].sqrt()  # a change of 2.0 to the clean face, as seen in x_t
+    assert push.shape == noisy.shape and not push.requires_grad
+    assert (push.flatten(1).norm(dim=1) <= radius + 1e-4).all()
+    assert (push.flatten(1).norm(dim=1) > 0.5 * radius).all()  # a full step, not a vanishing one
+    with torch.no_grad():
+        loss = lambda x: F.cross_entropy(guide.logits(x, timesteps), labels, reduction="none")  # noqa: E731
+        pushed, plain = loss(noisy + push), loss(noisy)
+        random = torch.randn_like(push)
+        randomly = loss(noisy + random / random.flatten(1).norm(dim=1).view(-1, 1, 1, 1) * radius.view(-1, 1, 1, 1))
+    assert (pushed > plain).all()
+    assert (pushed - plain).mean() > 5 * (randomly - plain).abs().mean()

@@ -75,6 +75,24 @@ def test_init_fine_tunes_from_a_trained_model_of_the_same_kind(fer_csv, tmp_path
     assert not (tmp_path / "vae").exists()
 
 
+def test_the_guide_trains_adversarially_at_the_radius_given_and_a_fine_tune_keeps_it(fer_csv, tmp_path):
+    robust = tmp_path / "robust"
+    train_encoder(_config(fer_csv, robust, kind="guide", epochs=1, adversarial_radius=1.5))
+    assert load_encoder(robust).config.adversarial_radius == 1.5
+    fine = tmp_path / "fine"
+    train_encoder(_config(fer_csv, fine, kind="guide", epochs=1, init=str(robust), stop_at_step=2))
+    train_encoder(_config(fer_csv, fine, kind="guide", epochs=1, resume=True))  # --init's radius, kept by the resume
+    assert load_encoder(fine).config.adversarial_radius == 1.5
+    plain = tmp_path / "plain"
+    train_encoder(_config(fer_csv, plain, kind="guide", epochs=1, init=str(robust), adversarial_radius=0.0))
+    assert load_encoder(plain).config.adversarial_radius == 0.0
+    with pytest.raises(ValueError, match="only the guide trains adversarially, not cnn"):
+        train_encoder(_config(fer_csv, tmp_path / "cnn", adversarial_radius=1.0))
+    with pytest.raises(ValueError, match="expected a radius >= 0"):
+        train_encoder(_config(fer_csv, tmp_path / "negative", kind="guide", adversarial_radius=-1.0))
+    assert not (tmp_path / "cnn").exists() and not (tmp_path / "negative").exists()
+
+
 def test_unknown_kind_is_refused(fer_csv, tmp_path):
     with pytest.raises(ValueError, match="cnn, vae, judge"):
         train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))

@@ -3,7 +3,7 @@ bookkeeping they share (folder, checkpoints, metrics, signals, batch order) is `
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,7 @@ class EncoderTrainConfig:
     batch_size: int = 128
     lr: float | None = None
     init: str | None = None  # trained model dir of the same kind to fine-tune from
+    adversarial_radius: float | None = None  # guide only: L2 radius of adversarial training (None: 0, or --init's)
     device: str = "auto"
     seed: int = 0
     checkpoint_minutes: float = 5.0
@@ -80,6 +81,18 @@ class _Objective(nn.Module):
 
     def forward(self, images, labels):
         return self.model.training_loss(images, labels)
+
+
+def encoder_options(config: EncoderTrainConfig, start: nn.Module | None) -> dict:
+    """Model options the command line sets: only ``adversarial_radius``, and only for the guide; with
+    ``--init`` and no radius given, the starting model's own."""
+    if config.adversarial_radius is None:
+        return {"adversarial_radius": start.config.adversarial_radius} if start is not None and config.kind == "guide" else {}
+    if config.kind != "guide":
+        raise ValueError(f"--adversarial-radius {config.adversarial_radius}: only the guide trains adversarially, not {config.kind}")
+    if config.adversarial_radius < 0:
+        raise ValueError(f"--adversarial-radius {config.adversarial_radius}: expected a radius >= 0 (0: plain training)")
+    return {"adversarial_radius": config.adversarial_radius}
 
 
 @torch.no_grad()
@@ -125,6 +138,8 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     if start is not None and type(start) is not ENCODER_CLASSES[config.kind]:
         expected = ENCODER_CLASSES[config.kind].__name__
         raise ValueError(f"--init {config.init}: a {type(start).__name__}, but {config.kind} is a {expected}")
+    options = encoder_options(config, start)
+    config = replace(config, **options)  # the radius a resumed run must keep, even one taken from --init
     train, val = training_faces(config.data, config.skip_bad)
     run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
     accelerator = run.accelerator
@@ -132,7 +147,7 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
         val = train.take(np.arange(min(len(train), 512)))  # no PublicTest rows: validate on a training slice
 
     torch.manual_seed(config.seed)
-    model = ENCODER_CLASSES[config.kind]()
+    model = ENCODER_CLASSES[config.kind](**options)
     if start is not None:
         model.load_state_dict(start.state_dict())
     run.announce(f"train-encoder {config.kind}", len(train))
