@@ -45,3 +45,30 @@ def test_checkpoints_save_refuses_a_folder_without_a_checkpoint(tmp_path):
     _git(repo, "init", "-q")
     result = subprocess.run([str(SCRIPT), "save", "runs/empty"], cwd=repo, capture_output=True, text=True)
     assert result.returncode == 2 and "runs/empty: no checkpoint.safetensors" in result.stderr
+
+
+def test_guide_gradients_draws_each_guides_push_for_every_target(fer_csv, tmp_path):
+    import sys
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from emodiff.encoders import NoisyEmotionClassifier
+
+    guides = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        NoisyEmotionClassifier(widths=(8, 16), time_dim=16).save_pretrained(tmp_path / f"guide{seed}")
+        guides.append(str(tmp_path / f"guide{seed}"))
+    out = tmp_path / "gradients.png"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "guide_gradients.py"
+    printed = subprocess.run([sys.executable, str(tool), "--data", str(fer_csv), "--out", str(out), *guides],
+                             check=True, capture_output=True, text=True).stdout  # fmt: skip
+    assert len([line for line in printed.splitlines() if "mean gradient norm" in line]) == 7 * 2
+    sheet = np.asarray(Image.open(out))
+    assert sheet.shape == (7 * 48 * 3, (4 + 4 * 2) * 48 * 3)  # a row per target: 4 faces, then 4 gradients per guide
+    gradients = sheet[:, 4 * 48 * 3 :].astype(int)
+    assert gradients.std() > 5 and abs(np.median(gradients) - 128) <= 2  # pushes drawn around a grey zero
+    first, second = gradients[:, : 4 * 48 * 3], gradients[:, 4 * 48 * 3 :]
+    assert np.abs(first - second).mean() > 1  # two guides, two different pushes
