@@ -1,12 +1,16 @@
 import csv
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from emodiff import training
 from emodiff.encoders import load_encoder
 from emodiff.runs import CHECKPOINT
 from emodiff.training import EncoderTrainConfig, train_encoder
+
+from .conftest import synthetic_faces, write_csv
 
 
 def _config(data, out, **overrides):
@@ -91,6 +95,24 @@ def test_the_guide_trains_adversarially_at_the_radius_given_and_a_fine_tune_keep
     with pytest.raises(ValueError, match="expected a radius >= 0"):
         train_encoder(_config(fer_csv, tmp_path / "negative", kind="guide", adversarial_radius=-1.0))
     assert not (tmp_path / "cnn").exists() and not (tmp_path / "negative").exists()
+
+
+def test_a_class_balanced_encoder_run_sees_every_emotion_about_equally_often(tmp_path, monkeypatch):
+    images, _, _ = synthetic_faces(140)
+    labels = np.where(np.arange(140) < 110, 3, np.arange(140) % 7)  # mostly happy, as FER-2013 is
+    data = write_csv(tmp_path / "skewed.csv", images, labels, np.where(np.arange(140) < 120, 0, 1))
+    seen = []
+    forward = training._Objective.forward
+    monkeypatch.setattr(training._Objective, "forward", lambda self, x, y: seen.append(y.clone()) or forward(self, x, y))
+
+    def share_of_happy(**options) -> float:
+        seen.clear()
+        train_encoder(_config(data, tmp_path / str(len(list(tmp_path.iterdir()))), kind="guide", epochs=4, **options))
+        drawn = torch.cat(seen)
+        return (drawn == 3).float().mean().item()
+
+    assert share_of_happy() > 0.7
+    assert abs(share_of_happy(balance_classes=True) - 1 / 7) < 0.08
 
 
 def test_unknown_kind_is_refused(fer_csv, tmp_path):

@@ -170,6 +170,10 @@ def _unet(p):
 # ----------------------------------------------------------------------------- handlers
 
 
+BALANCE_HELP = ("draw every emotion equally often (each face by first drawing its emotion uniformly) instead of in "
+                "FER-2013's proportions, where disgust is 1.5%% of faces")
+
+
 def _config(config_class, args: argparse.Namespace, **fields):
     """``config_class`` filled from the parsed options of the same names; ``fields`` add to or override them."""
     names = {field.name for field in dataclasses.fields(config_class)}
@@ -486,6 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "as far as a change of L2 norm R to the clean face (faces in [-1, 1]) moves it; its gradients become "
                    "smooth and face-shaped, but measured as a guide it bought less emotion per point of identity than the "
                    "shipped, plainly trained one (README) (default: 0, plain training; with --init, that model's own)")  # fmt: skip
+    p.add_argument("--balance-classes", action="store_true", help=BALANCE_HELP)
 
     p = command(
         "train", _cmd_train, "train the conditional diffusion model (label, cnn or vae variant)",
@@ -506,10 +511,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="constant", choices=("constant", "cosine"), help="learning rate after warm-up: constant, or cosine decay to zero at the --images budget (default: constant)")
     p.add_argument("--min-snr-gamma", type=float, default=None, help="min-SNR loss weighting with this gamma (e.g. 5; default: off)")
     p.add_argument("--max-timestep", type=int, default=None, help="train only on timesteps below this (of 1000): edits invert to "
-                   "and decode from strength x 1000 (300 by default), so a fine-tuning stage (--init) can spend its budget there; "
+                   "and decode from strength x 1000 (200 by default), so a fine-tuning stage (--init) can spend its budget there; "
                    "a model trained so no longer samples from pure noise (--mode paper) (default: all 1000)")  # fmt: skip
-    p.add_argument("--balance-classes", action="store_true", help="draw every emotion equally often (each face by first "
-                   "drawing its emotion uniformly) instead of in FER-2013's proportions, where disgust is 1.5%% of faces")  # fmt: skip
+    p.add_argument("--balance-classes", action="store_true", help=BALANCE_HELP)
     p.add_argument("--attention", type=_int_list, default=None, help="1/0 per level: self-attention there (default: none; the mid block always has it)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA decay of the saved weights (default: 0.999)")
     p.add_argument("--sample-minutes", type=float, default=30.0, help="minutes between sample grids in OUT/samples (one more at the end; default: 30)")

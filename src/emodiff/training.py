@@ -64,6 +64,7 @@ class EncoderTrainConfig:
     lr: float | None = None
     init: str | None = None  # trained model dir of the same kind to fine-tune from
     adversarial_radius: float | None = None  # guide only: L2 radius of adversarial training (None: 0, or --init's)
+    balance_classes: bool = False  # draw every emotion equally often, as DiffusionTrainConfig's
     device: str = "auto"
     seed: int = 0
     checkpoint_minutes: float = 5.0
@@ -170,7 +171,7 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     model.train()
     with run.checkpoint_on_interrupt(save):
         while step < stop:
-            index = run.batch(step, len(train), batch_size)
+            index = run.balanced_batch(step, labels, batch_size) if config.balance_classes else run.batch(step, len(train), batch_size)
             batch = augment(images[index], run.generator(step), **recipe.augment).to(accelerator.device)
             with accelerator.autocast():
                 loss, stats = objective(batch, labels[index].to(accelerator.device))
