@@ -312,8 +312,8 @@ class NoisyEmotionClassifier(EmotionClassifier):
         flat = lambda v: v.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)  # noqa: E731
         start = torch.randn_like(noisy)
         start = start / flat(start) * radius * torch.rand(len(noisy), 1, 1, 1, device=noisy.device)
-        delta = start.detach().requires_grad_(True)
-        loss = F.cross_entropy(self.logits(noisy.detach() + delta, timesteps).float(), labels)
+        delta = start.requires_grad_(True)  # the faces carry no gradient: only the push is differentiated
+        loss = F.cross_entropy(self.logits(noisy + delta, timesteps).float(), labels)
         (gradient,) = torch.autograd.grad(loss, delta)
         delta = delta.detach() + 1.25 * radius * gradient / flat(gradient)
         return (delta * (radius / flat(delta)).clamp(max=1.0)).detach()
