@@ -6,6 +6,7 @@ before: the fixed ellipse of the crop, the 48x48 edit of the face as it is (``--
 today:  the `emodiff edit` defaults: the face's 68-landmark mask, anything covering the face
         filled in before the edit, the edit made at FER-2013's typical brightness and contrast and
         scaled back;
+guided: the same, with the photo's own fine detail scaled along with the change (``--blend guided``);
 warp:   the same, with the photo's own pixels moved by the edit's optical flow (``--blend warp``).
 
 The photo is ../shared/photos/obama.jpg (or --photo) scaled so the face is --face-width pixels wide
@@ -60,6 +61,7 @@ def main() -> None:
     paths = {
         "before (ellipse, edit as it is)": (Preparer(blend="ellipse"), dataclasses.replace(today, normalise=False)),
         "today (landmarks, normalised edit)": (Preparer(), today),
+        "guided (landmarks + photo's detail)": (Preparer(blend="guided"), today),
         "warp (flow-moved pixels + shading)": (Preparer(blend="warp"), today),
     }
     print(f"photo: {args.photo} scaled to {photo.width}x{photo.height}, the face {args.face_width} pixels wide; "
@@ -70,8 +72,8 @@ def main() -> None:
         run()  # warm-up: models loaded, kernels chosen
         results[name] = timed(args.repeats, run)
         print(f"  {name:36s} {results[name][0]:7.3f} s per photo, all 7 emotions (median {results[name][1]:.3f})")
-    (before, _), (after, _), (warp, _) = results.values()
-    print(f"today / before: {after / before:.2f}x the time; warp / before: {warp / before:.2f}x")
+    (before, _), (after, _), (guided, _), (warp, _) = results.values()
+    print(f"today / before: {after / before:.2f}x the time; guided / before: {guided / before:.2f}x; warp / before: {warp / before:.2f}x")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
 DEFAULT_GUIDANCE = 7.0
-BLENDS = ("landmarks", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
+BLENDS = ("landmarks", "guided", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
 
 
 @dataclass(frozen=True)
