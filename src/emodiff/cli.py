@@ -123,7 +123,8 @@ def _blend(p):
                    "landmarks (the luminance change added under the face's own brows, eyes, nose, mouth and chin, fading to "
                    "nothing inside the face, with anything covering the face filled in before the edit and left as it is), "
                    "guided (the same, with the photo's own fine detail carried along where the change follows the face's "
-                   "features: a fold the edit deepens or smooths away does so at the photo's resolution), "
+                   "features: a fold the edit deepens or smooths away does so at the photo's resolution; measured in the README: "
+                   "the same emotion, less identity kept), "
                    "warp (the same mask, the photo's own pixels moved by the edit's optical flow and only what moving cannot "
                    "explain added; measured in the README, not better) or ellipse (the change added under a fixed ellipse of "
                    f"the face crop, the blend before issue #19) (default: {BLENDS[0]})")  # fmt: skip
