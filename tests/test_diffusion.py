@@ -93,7 +93,9 @@ def test_paper_mode_draws_each_face_its_own_noise():
     pipe = tiny_pipeline("label")
     two = faces(2, seed=5)
     edits = pipe.edit_faces(np.stack([two[0], two[1], two[0]]), [3], EditSettings(mode="paper", steps=4), seed=0)
-    np.testing.assert_array_equal(edits[0], edits[2])
+    # the same face, the same noise: equal up to the one grey level by which kernels may round a batch's rows
+    # differently (seen with AVX2 kernels); another face's noise changes the edit by far more
+    assert np.abs(edits[0].astype(int) - edits[2].astype(int)).max() <= 1
     assert np.abs(edits[0].astype(int) - edits[1].astype(int)).mean() > 5
 
 
