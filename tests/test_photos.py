@@ -230,6 +230,13 @@ def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_i
     np.testing.assert_array_equal(face_ops.fill_occluder(photo, face, bare.astype(np.uint8)), bare)  # nothing covers it
 
 
+def _square_face() -> face_ops.Face:
+    """The face, without landmarks (the ellipse mask), whose crop is the square (60, 60)-(540, 540) of a 600x600 photo."""
+    mid_x, mid_y = 60 + face_ops.EYE_CENTRE[0] * 480, 60 + face_ops.EYE_CENTRE[1] * 480
+    half = face_ops.EYE_DISTANCE * 480 / 2
+    return face_ops.Face((60, 60, 540, 540), (mid_x - half, mid_y), (mid_x + half, mid_y))
+
+
 def _striped_face_photo():
     """A 600x600 photo whose face crop is the square (60, 60)-(540, 540), 10 photo pixels per crop
     pixel, with a dark bar across it carrying fine stripes (detail no 48x48 change can draw), and
@@ -238,10 +245,7 @@ def _striped_face_photo():
     pixels = 90 + 0.15 * xx + 0.05 * yy
     bar = (yy >= 300) & (yy < 360) & (xx >= 200) & (xx < 400)
     pixels[bar] = 40 + 25 * (xx[bar] // 4 % 2)  # 4-pixel stripes
-    mid_x, mid_y = 60 + face_ops.EYE_CENTRE[0] * 480, 60 + face_ops.EYE_CENTRE[1] * 480
-    half = face_ops.EYE_DISTANCE * 480 / 2
-    face = face_ops.Face((60, 60, 540, 540), (mid_x - half, mid_y), (mid_x + half, mid_y))
-    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB"), face
+    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB"), _square_face()
 
 
 def test_warp_moves_a_feature_the_way_the_flow_says_carrying_the_photos_own_detail():
@@ -272,10 +276,7 @@ def _line_face_photo(line: bool = True):
     pixels = 120 + 0.05 * xx + 0.03 * yy
     if line:
         pixels[(yy >= 310) & (yy < 330) & (xx >= 200) & (xx < 400)] = 50
-    mid_x, mid_y = 60 + face_ops.EYE_CENTRE[0] * 480, 60 + face_ops.EYE_CENTRE[1] * 480
-    half = face_ops.EYE_DISTANCE * 480 / 2
-    face = face_ops.Face((60, 60, 540, 540), (mid_x - half, mid_y), (mid_x + half, mid_y))
-    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB"), face
+    return Image.fromarray(pixels.astype(np.uint8)).convert("RGB"), _square_face()
 
 
 def test_guided_detail_erases_a_fold_at_the_photos_resolution_and_adds_a_smooth_change_unaltered():
