@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -125,30 +126,38 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
     assert np.abs(own[1].astype(int) - faces[1]).mean() > 3  # ... and only that one
 
 
-# sha256 of the uint8 edits (7 bundled faces x 7 emotions, seed 0) the shipped model made before the
-# design refactor of issue #16; the code that makes them may change, these bytes may not. fp32 and
-# bf16 autocast (the default where the CPU has AMX/AVX512-BF16) are pinned separately, and fp32 per
-# family of CPU kernels torch runs (``torch.backends.cpu.get_cpu_capability()``): AVX512 and AVX2
-# kernels round a few pixels differently (seen on an AMD EPYC with AVX2 only).
-SHIPPED_EDIT_HASHES = {
-    ("ddim", "invert", False, "AVX512"): "aa0a1514ad250d37f3a4356e2a3a7340823158035f6be8a6cec9bdde7cf70842",
-    ("ddim", "sdedit", False, "AVX512"): "c9e5073a812df865fd855ada5496566dd8bfff14471418bd77b821f8ee49a7d6",
-    ("dpm", "invert", False, "AVX512"): "17e92fd43218e76621fbe8e154f6078b3c2486d08a15af291292a19d980b7774",
-    ("ddim", "invert", True, "AVX512"): "be12a476b2720a6d5664a8c4695b2f06cc98c1dbd5ec8049014d35aec64e7087",
-    ("ddim", "invert", False, "AVX2"): "e696bba608c039933f4331c2661a7f9a588eea9d52e4a93935723a49d8cb82f0",
-    ("ddim", "sdedit", False, "AVX2"): "f2388600d7f32431ef58cb0d3c1025010b4cdf518cf383453e4335cf338c53e8",
-    ("dpm", "invert", False, "AVX2"): "e70b3e48caa6659c505422e823fe74fad2c9068f13a6f3855eacb9c730b2257f",
-}
-PINNED = list(dict.fromkeys(key[:3] for key in SHIPPED_EDIT_HASHES))
+# The uint8 edits (7 bundled faces x 7 emotions, seed 0) the shipped model made before the design
+# refactor of issue #16, at the settings of that time: the code that makes them may change, these
+# edits may not. Stored as edits rather than hashes because CPUs of one instruction set round
+# differently: oneDNN picks kernels by cache sizes as well as by ISA, and the hashes once pinned per
+# kernel family (AVX512, AVX2) failed on a third machine, an AVX512 Xeon with AMX. On the machine
+# that made them (``machine`` in the file) they must match to the byte; elsewhere to within what the
+# kernels alone move: in fp32 one grey level in a few pixels, under bf16 autocast the spread that the
+# batch size alone gives on one machine (up to 22 levels, 1.4 on average, in 58% of the pixels), so
+# across machines bf16 catches only gross changes; the fp32 edits are the sharp pins (guidance 7.5
+# for 7 moves half their pixels, by up to 64 levels).
+SHIPPED_EDITS = Path(__file__).parent / "data" / "shipped_edits.npz"
+PINNED = [("ddim", "invert", False), ("ddim", "sdedit", False), ("dpm", "invert", False), ("ddim", "invert", True)]
+
+
+def _machine() -> str:
+    """The CPU model and the torch build: what decides, together with the code, every bit of an edit."""
+    import platform
+
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().split("\n\n")[0].splitlines() if cpuinfo.is_file() else []  # the first core's
+    info = {key.strip(): value.strip() for key, value in (line.split(":", 1) for line in lines if ":" in line)}
+    model = ", ".join(f"{key} {info.get(key, '?')}" for key in ("model name", "cpu family", "model", "stepping"))
+    return f"{platform.machine()} {model}; {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}"
 
 
 @pytest.mark.parametrize(
     "scheduler, mode, bf16",
     [key if key == ("ddim", "invert", True) else pytest.param(*key, marks=pytest.mark.slow) for key in PINNED],
 )
-def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, mode, bf16):
-    import hashlib
-
+def test_shipped_model_edits_match_the_stored_edits(scheduler, mode, bf16):
     import numpy as np
     from PIL import Image
 
@@ -161,16 +170,24 @@ def test_shipped_model_edits_are_bit_identical_to_the_stored_hashes(scheduler, m
 
     if bf16 and not bf16_supported(torch.device("cpu")):
         pytest.skip("bf16 edits are pinned for CPUs with bf16 units (AMX / AVX512-BF16)")
-    key = (scheduler, mode, bf16, torch.backends.cpu.get_cpu_capability())
-    if key not in SHIPPED_EDIT_HASHES:
-        pytest.skip(f"no edits pinned for {key[3]} kernels (pinned: AVX512, AVX2)")
+    stored = np.load(SHIPPED_EDITS)
+    expected = stored[f"{scheduler}-{mode}-{'bf16' if bf16 else 'fp32'}"]
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
     pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
-    # the defaults these bytes were made with (the strength, steps, per-emotion scales and normalising of issue #20 change the edits, not the code)
+    # the defaults these edits were made with (the strength, steps, per-emotion scales and normalising of issue #20 change the edits, not the code)
     old = {"steps": 10, "classifier_guidance": 0.0}
     settings = EditSettings(strength=0.4, guidance=7.0, normalise=False, **old) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, **old)
     edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
-    assert hashlib.sha256(edits.tobytes()).hexdigest() == SHIPPED_EDIT_HASHES[key]
+    if _machine() == str(stored["machine"]):
+        np.testing.assert_array_equal(edits, expected)
+        return
+    difference = np.abs(edits.astype(int) - expected)
+    if bf16:
+        assert difference.mean() < 3.0, f"mean difference {difference.mean():.2f} grey levels on {_machine()}"
+    else:
+        assert difference.max() <= 1 and (difference > 0).mean() < 0.01, (
+            f"{(difference > 0).mean():.2%} of pixels differ, by up to {difference.max()} grey levels, on {_machine()}"
+        )
 
 
 def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_from_inside_an_edit():
