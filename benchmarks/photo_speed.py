@@ -7,7 +7,9 @@ today:  the `emodiff edit` defaults: the face's 68-landmark mask, anything cover
         filled in before the edit, the edit made at FER-2013's typical brightness and contrast and
         scaled back;
 guided: the same, with the photo's own fine detail scaled along with the change (``--blend guided``);
-warp:   the same, with the photo's own pixels moved by the edit's optical flow (``--blend warp``).
+warp:   the same, with the photo's own pixels moved by the edit's optical flow (``--blend warp``);
+today, planned per target: the default, but every target works out the face's paste region, mask,
+        occluder and reach anew (``photos.paste`` per edit, as before ``PastePlan``).
 
 The photo is ../shared/photos/obama.jpg (or --photo) scaled so the face is --face-width pixels wide
 (1,000 by default: the issue's budget is 2 s per photo for all 7 emotions at that size).
@@ -28,7 +30,7 @@ import torch
 from PIL import Image
 
 from emodiff.labels import EMOTIONS
-from emodiff.photos import Preparer, load_photo
+from emodiff.photos import Preparer, load_photo, paste
 from emodiff.pipeline import EmotionEditPipeline
 from emodiff.settings import EditSettings
 
@@ -42,6 +44,21 @@ def timed(repeats: int, run) -> tuple[float, float]:
         run()
         times.append(time.perf_counter() - start)
     return min(times), statistics.median(times)
+
+
+def edit_planned_per_target(pipe, prepared, targets, settings):
+    """The default path with the paste-back before ``PastePlan``: each target's photo pastes each face from scratch."""
+    return render_planned_per_target(prepared, pipe.edit_faces(prepared.crops, targets, settings))
+
+
+def render_planned_per_target(prepared, edits):
+    outputs = []
+    for _ in range(edits.shape[1]):
+        result = prepared.image
+        for face, crop, edit in zip(prepared.faces, prepared.crops, edits[:, len(outputs)]):
+            result = paste(result, face, crop, edit, prepared.blend)
+        outputs.append(result)
+    return outputs
 
 
 def main() -> None:
@@ -66,14 +83,25 @@ def main() -> None:
     }
     print(f"photo: {args.photo} scaled to {photo.width}x{photo.height}, the face {args.face_width} pixels wide; "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}")  # fmt: skip
+    runs = {name: (lambda prepare=prepare, settings=settings: pipe.edit_prepared([prepare(photo)], targets, settings)) for name, (prepare, settings) in paths.items()}
+    prepare_today = paths["today (landmarks, normalised edit)"][0]
+    runs["today, planned per target"] = lambda: edit_planned_per_target(pipe, prepare_today(photo), targets, today)
     results = {}
-    for name, (prepare, settings) in paths.items():
-        run = lambda: pipe.edit_prepared([prepare(photo)], targets, settings)  # noqa: E731
+    for name, run in runs.items():
         run()  # warm-up: models loaded, kernels chosen
         results[name] = timed(args.repeats, run)
         print(f"  {name:36s} {results[name][0]:7.3f} s per photo, all 7 emotions (median {results[name][1]:.3f})")
-    (before, _), (after, _), (guided, _), (warp, _) = results.values()
-    print(f"today / before: {after / before:.2f}x the time; guided / before: {guided / before:.2f}x; warp / before: {warp / before:.2f}x")
+    (before, _), (after, _), (guided, _), (warp, _), (per_target, _) = results.values()
+    print(f"today / before: {after / before:.2f}x the time; guided / before: {guided / before:.2f}x; warp / before: {warp / before:.2f}x; "
+          f"planned per target / today: {per_target / after:.2f}x")
+    # the paste-back alone, both ways over the same edits, alternating so that the machine's drift hits both alike
+    prepared = prepare_today(photo)
+    edits = pipe.edit_faces(prepared.crops, targets, today)
+    once, each = [], []
+    for _ in range(args.repeats * 3):
+        once.append(timed(1, lambda: prepared.render(edits))[0])
+        each.append(timed(1, lambda: render_planned_per_target(prepared, edits))[0])
+    print(f"paste-back of 7 edits: planned once per face {min(once):.3f} s, per target {min(each):.3f} s ({min(each) / min(once):.2f}x)")
 
 
 if __name__ == "__main__":

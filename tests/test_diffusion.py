@@ -65,6 +65,34 @@ def test_classifier_free_guidance_mixes_conditional_and_null(cond):
     torch.testing.assert_close(guided, null + 4.0 * (conditional - null), rtol=1e-4, atol=1e-4)
 
 
+def test_guidance_away_from_the_source_pushes_from_the_source_prediction_not_the_null_one():
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    x, labels, negatives = torch.randn(2, 1, 48, 48), torch.tensor([3, 5]), torch.tensor([0, 5])
+    with torch.no_grad():
+        conditional = pipe._eps(x, 400, labels, None, guidance=1.0)
+        source = pipe._eps(x, 400, negatives, None, guidance=1.0)
+        null = pipe._eps(x, 400, torch.full_like(labels, NULL_LABEL), None, guidance=1.0)
+        away = pipe._eps(x, 400, labels, None, guidance=4.0, negatives=negatives)
+    torch.testing.assert_close(away, source + 4.0 * (conditional - source), rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(away[1], conditional[1], rtol=1e-4, atol=1e-5)  # the face's own emotion: no push at all
+    assert not torch.allclose(away[0], null[0] + 4.0 * (conditional[0] - null[0]), atol=1e-3)
+
+
+def test_away_from_the_source_its_own_decode_is_the_unguided_one_and_other_targets_change():
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    x, source = faces(2, seed=5), [2, 4]
+    plain = dict(strength=0.6, steps=5, keep_detail=False)
+    away = pipe.edit_faces(x, [0, 2, 4], EditSettings(**plain, guidance=6.0, negative="source"), source_labels=source, seed=1)
+    unguided = pipe.edit_faces(x, [0, 2, 4], EditSettings(**plain, guidance=1.0), source_labels=source, seed=1)
+    toward = pipe.edit_faces(x, [0, 2, 4], EditSettings(**plain, guidance=6.0), source_labels=source, seed=1)
+    np.testing.assert_allclose(away[0, 1], unguided[0, 1], atol=1)
+    np.testing.assert_allclose(away[1, 2], unguided[1, 2], atol=1)
+    assert np.abs(away[0, 0].astype(int) - unguided[0, 0]).mean() > 1  # another target is pushed ...
+    assert np.abs(away[0, 0].astype(int) - toward[0, 0]).mean() > 1  # ... and not as guidance from null pushes it
+
+
 @pytest.mark.parametrize("mode", ["paper", "sdedit", "invert"])
 def test_same_seed_same_edits(mode):
     pipe = tiny_pipeline("vae")
@@ -292,7 +320,7 @@ def test_keep_detail_defaults_on_for_invert_only():
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper"), ({"mode": "paper", "keep_detail": True}, "starts from the input")],
+    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper"), ({"mode": "paper", "keep_detail": True}, "starts from the input"), ({"negative": "sad"}, "null, source")],
 )
 def test_bad_edit_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):

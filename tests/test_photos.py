@@ -55,6 +55,24 @@ def test_paste_changes_only_luminance_inside_the_face(photo, finder):
     assert np.abs(after[..., 1:] - before[..., 1:])[changed].mean() < 1.0  # chroma kept (up to rounding/clipping)
 
 
+@pytest.mark.parametrize("blend", face_ops.BLENDS)
+def test_a_face_planned_once_pastes_every_target_as_pasting_each_alone_does(photo, finder, blend):
+    """Prepared.render works out a face's region, mask and occluder once for all its targets: the
+    photos it makes are the ones pasting each edit on its own makes, to the byte."""
+    from emodiff.photo_evaluation import photo_variants
+
+    occluded = photo_variants(photo, finder.find(photo)[0])["occluded"]  # with an occluder, so its mask is planned too
+    prepared = face_ops.Preparer(blend=blend)(occluded)
+    crop, face = prepared.crops[0], prepared.faces[0]
+    edits = np.stack([np.clip(crop.astype(int) + shift, 0, 255).astype(np.uint8) for shift in (-40, 25)])[None]
+    rendered = prepared.render(edits)
+    for edit, image in zip(edits[0], rendered):
+        alone = face_ops.paste(occluded, face, crop, edit, blend)
+        np.testing.assert_array_equal(np.asarray(image), np.asarray(alone))
+        assert not np.array_equal(np.asarray(image), np.asarray(occluded))
+    assert not np.array_equal(np.asarray(rendered[0]), np.asarray(rendered[1]))
+
+
 def _variants(tmp_path, photo_path):
     base = Image.open(photo_path).convert("RGB").crop((0, 0, 512, 400))  # not square: a rotation would show
     rgba = base.convert("RGBA")

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from .labels import EMOTIONS, FERDataError, parse_emotion, parse_emotions, parse_split
-from .settings import BLENDS, DEFAULT_GUIDANCE, MODES, SAMPLERS, EditSettings
+from .settings import BLENDS, DEFAULT_GUIDANCE, MODES, NEGATIVES, SAMPLERS, EditSettings
 
 DATA_HELP = "FER-2013: the Kaggle CSV (plain or .gz), the image-folder release, or a mosaic from pack-data"
 
@@ -112,6 +112,9 @@ def _edit(p):
     p.add_argument("--localise", type=float, default=defaults.localise, help="with --keep-detail: keep the input exactly where "
                    "the change (blurred over 2 pixels of the 48x48 face) is under half this many grey levels, apply it in full "
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
+    p.add_argument("--negative", default=defaults.negative, choices=NEGATIVES, help="what --guidance pushes away from: null "
+                   "(no emotion, standard classifier-free guidance) or source (the face's own emotion, a negative prompt: "
+                   f"the push is then the change of emotion alone) (default: {defaults.negative})")  # fmt: skip
     p.add_argument("--classifier-guidance", type=float, default=None, help="scale of classifier guidance: each decoding step "
                    "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
                    "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "
@@ -347,8 +350,8 @@ def _cmd_sweep(args) -> int:
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
-                for localise, pushed in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances):
-                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise, classifier_guidance=pushed))
+                for localise, pushed, negative in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives):
+                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise, classifier_guidance=pushed, negative=negative))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
 
@@ -649,6 +652,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
     p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
+    p.add_argument("--negatives", type=lambda t: tuple(t.split(",")), default=("null",), help="comma-separated --negative choices (default: null)")
     p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")
     p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")
     p.add_argument("--keep-detail", type=_switch_list, default=(False, True), help="comma-separated on/off of --keep-detail (default: off,on; paper mode only off)")

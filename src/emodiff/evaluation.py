@@ -401,14 +401,15 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | guidance | classifier guidance | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | guidance | classifier guidance | negative | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + ([combined] if combined else []):
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
-        scales = ("per emotion",) * 2 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off")
-        knobs = ("–",) * 6 if r["mode"] == "gan" else (
+        guidance, pushed = ("per emotion",) * 2 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off")
+        scales = (guidance, pushed, r.get("negative", "null"))
+        knobs = ("–",) * 7 if r["mode"] == "gan" else (
             r["strength"], *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
         )  # fmt: skip
         second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
@@ -431,11 +432,12 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    curve_of = lambda r: (r["model"], r["mode"], r["keep_detail"], r["localise"], r.get("classifier_guidance", 0.0))  # noqa: E731
+    curve_of = lambda r: (r["model"], r["mode"], r["keep_detail"], r["localise"], r.get("classifier_guidance", 0.0), r.get("negative", "null"))  # noqa: E731
     for key in dict.fromkeys(curve_of(r) for r in rows):
         curve = [r for r in rows if curve_of(r) == key]
         label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "") + (f" / localise {key[3]:g}" if key[3] else "")
         label += f" / classifier guidance {key[4]:g}" if key[4] else ""
+        label += f" / away from the {key[5]}" if key[5] != "null" else ""
         axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
             if r["mode"] != "gan":
@@ -462,6 +464,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "keep_detail": bool(settings and settings.keep_detail),
         "localise": settings.localise if settings else 0.0,
         "classifier_guidance": settings.classifier_guidance if settings else 0.0,
+        "negative": settings.negative if settings else "null",
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],
@@ -481,7 +484,7 @@ def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9
     emotion's F1 and identity, among the rows that differ from ``chosen`` in those two scales alone:
     a model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}}; the
     second only when a candidate row used classifier guidance)."""
-    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise")
+    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise", "negative")
     candidates = [r for r in rows if all(r.get(k) == chosen.get(k) for k in keys) and r["guidance"] is not None]
     pushed = any(r.get("classifier_guidance") for r in candidates)
     by_emotion: dict[str, dict[str, float]] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {})}

@@ -329,7 +329,7 @@ class EmotionEditPipeline(FaceEditor):
         timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
         noise = torch.stack([face_noise(face, seed) for face in faces]).to(self.device)
         source = None
-        if settings.mode == "invert" or settings.keep_detail:
+        if settings.mode == "invert" or settings.keep_detail or settings.negative == "source":
             if source_labels is None:
                 source = self.classifier.predict_proba(seen).argmax(-1)
             else:
@@ -351,7 +351,8 @@ class EmotionEditPipeline(FaceEditor):
         generator = torch.Generator().manual_seed(seed)
         guidance = self._per_emotion("guidance", settings.guidance, labels)
         push = self._per_emotion("classifier_guidance", settings.classifier_guidance, labels)
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push)
+        negatives = gather(source) if settings.negative == "source" else None
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:
@@ -400,15 +401,17 @@ class EmotionEditPipeline(FaceEditor):
             return scales[0]
         return torch.tensor(scales, device=self.device).view(-1, 1, 1, 1)
 
-    def _eps(self, x, t, labels, codes, guidance: float | torch.Tensor) -> torch.Tensor:
+    def _eps(self, x, t, labels, codes, guidance: float | torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """Noise prediction with classifier-free guidance on the label (the code is kept in both halves);
-        ``guidance`` is one scale or one per row."""
+        ``guidance`` is one scale or one per row; ``negatives``: the labels it pushes away from, one
+        per row (default: the null label)."""
         timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
         if not torch.is_tensor(guidance) and guidance == 1.0:
             return self._predict(x, timestep, labels, codes)
         doubled = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
-        null = torch.full_like(labels, NULL_LABEL)
-        both = self._predict(doubled(x), doubled(timestep), torch.cat([labels, null]), doubled(codes))
+        if negatives is None:
+            negatives = torch.full_like(labels, NULL_LABEL)
+        both = self._predict(doubled(x), doubled(timestep), torch.cat([labels, negatives]), doubled(codes))
         conditional, unconditional = both.chunk(2)
         return unconditional + guidance * (conditional - unconditional)
 
@@ -422,11 +425,11 @@ class EmotionEditPipeline(FaceEditor):
                 pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
         return torch.cat(pieces)
 
-    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """``guidance`` and ``classifier_guidance``: one scale, or one per row."""
+    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0, negatives=None) -> torch.Tensor:
+        """``guidance`` and ``classifier_guidance``: one scale, or one per row; ``negatives``: as ``_eps``."""
         guide = self.guide if torch.is_tensor(classifier_guidance) or classifier_guidance > 0 else None  # loaded and checked once per call
         for t in timesteps:
-            eps = self._eps(x, t, labels, codes, guidance)
+            eps = self._eps(x, t, labels, codes, guidance, negatives)
             if guide is not None and t < guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
                 eps = eps - classifier_guidance * sigma * self._guide_gradient(guide, x, t, labels)

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
 DEFAULT_GUIDANCE = 7.0
+NEGATIVES = ("null", "source")  # what classifier-free guidance pushes away from: no emotion, or the face's own
 BLENDS = ("landmarks", "guided", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
 
 
@@ -25,6 +26,12 @@ class EditSettings:
     # Classifier-free guidance on the label. None: the model's own per-emotion guidance (stored in its
     # directory, pipeline.EDIT_DEFAULTS) where it has one, else DEFAULT_GUIDANCE for every emotion.
     guidance: float | None = None
+    # What classifier-free guidance pushes away from: "null" (no emotion: eps_null + g·(eps_target -
+    # eps_null), the standard) or "source" (the face's own emotion: eps_source + g·(eps_target -
+    # eps_source), a negative prompt). Away from the source, the push is the change of emotion alone,
+    # without the pull toward a typical FER face that eps_target - eps_null also carries; and the
+    # decode under the source emotion is then the unguided one that mirrors the inversion.
+    negative: str = "null"
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
     # detail) then stays the input's own, and editing to the source emotion returns the input.
@@ -53,6 +60,8 @@ class EditSettings:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
+        if self.negative not in NEGATIVES:
+            raise ValueError(f"unknown negative {self.negative!r}: expected one of {', '.join(NEGATIVES)}")
         if self.keep_detail is None:
             object.__setattr__(self, "keep_detail", self.mode == "invert")
         if self.normalise is None:
