@@ -412,8 +412,8 @@ class EmotionEditPipeline(FaceEditor):
         if negatives is None:
             negatives = torch.full_like(labels, NULL_LABEL)
         both = self._predict(doubled(x), doubled(timestep), torch.cat([labels, negatives]), doubled(codes))
-        conditional, unconditional = both.chunk(2)
-        return unconditional + guidance * (conditional - unconditional)
+        conditional, negative = both.chunk(2)
+        return negative + guidance * (conditional - negative)
 
     def _predict(self, x, timestep, labels, codes) -> torch.Tensor:
         """The denoiser over ``x`` in pieces (``devices.batch_piece``)."""
