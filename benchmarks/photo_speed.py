@@ -53,9 +53,9 @@ def edit_planned_per_target(pipe, prepared, targets, settings):
 
 def render_planned_per_target(prepared, edits):
     outputs = []
-    for _ in range(edits.shape[1]):
+    for target in range(edits.shape[1]):
         result = prepared.image
-        for face, crop, edit in zip(prepared.faces, prepared.crops, edits[:, len(outputs)]):
+        for face, crop, edit in zip(prepared.faces, prepared.crops, edits[:, target]):
             result = paste(result, face, crop, edit, prepared.blend)
         outputs.append(result)
     return outputs
