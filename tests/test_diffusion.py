@@ -420,6 +420,36 @@ def test_per_emotion_guidance_loads_from_the_model_directory_and_guidance_overri
         EmotionEditPipeline.from_pretrained(directory, device="cpu")
 
 
+def test_a_per_emotion_negative_loads_from_the_model_directory_and_negative_overrides_it(tmp_path):
+    import json
+
+    from emodiff.pipeline import EDIT_DEFAULTS, EmotionEditPipeline, ModelLoadError
+    from emodiff.settings import EditSettings
+
+    directory = tmp_path / "model"
+    pipe = tiny_pipeline()
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    pipe.edit_defaults = {"guidance": {"angry": 6.0, "happy": 6.0}, "negative": {"angry": "source"}}
+    pipe.save_pretrained(directory)
+    loaded = EmotionEditPipeline.from_pretrained(directory, device="cpu").to("cpu", bf16=False)
+    face, plain = faces(1, seed=2), EditSettings(strength=0.6, steps=5, keep_detail=False)
+    own = loaded.edit_faces(face, [0, 3], plain, source_labels=[6], seed=1)  # angry away from the source, happy from null
+    away = loaded.edit_faces(face, [0, 3], dataclasses.replace(plain, negative="source"), source_labels=[6], seed=1)
+    null = loaded.edit_faces(face, [0, 3], dataclasses.replace(plain, negative="null"), source_labels=[6], seed=1)
+    assert np.abs(own[:, 0].astype(int) - away[:, 0]).max() <= 1 and np.abs(own[:, 1].astype(int) - null[:, 1]).max() <= 1
+    assert np.abs(own[:, 0].astype(int) - null[:, 0]).max() > 1 and np.abs(own[:, 1].astype(int) - away[:, 1]).max() > 1
+    # with keep detail each target's change is taken over a source decode made as its own decode is
+    kept = dataclasses.replace(plain, keep_detail=True, normalise=False)
+    own = loaded.edit_faces(face, [0, 3], kept, source_labels=[6], seed=1)
+    away = loaded.edit_faces(face, [0], dataclasses.replace(kept, negative="source"), source_labels=[6], seed=1)
+    null = loaded.edit_faces(face, [3], dataclasses.replace(kept, negative="null"), source_labels=[6], seed=1)
+    assert np.abs(own[:, 0].astype(int) - away[:, 0]).max() <= 1 and np.abs(own[:, 1].astype(int) - null[:, 0]).max() <= 1
+
+    (directory / EDIT_DEFAULTS).write_text(json.dumps({"negative": {"angry": "happy"}}))
+    with pytest.raises(ModelLoadError, match="negative must be one of null, source"):
+        EmotionEditPipeline.from_pretrained(directory, device="cpu")
+
+
 def test_other_scales_make_a_pipeline_beside_the_first_that_edits_with_them_and_leaves_the_first_alone():
     from emodiff.settings import EditSettings
 

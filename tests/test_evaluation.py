@@ -198,6 +198,10 @@ def test_scales_per_emotion_are_chosen_by_the_rule_at_the_chosen_setting_only():
     both = choose_per_emotion(pushed, rows[1])
     assert both["guidance"]["angry"] == 5.0 and both["classifier_guidance"]["angry"] == 15.0
     assert both["guidance"]["happy"] == 5.0 and both["classifier_guidance"]["happy"] == 0.0
+    assert "negative" not in both  # one kind of negative in the sweep: nothing to choose
+    away = {**row(5.0, happy=(0.95, 0.96)), "negative": "source"}  # away from the source, happy reads better and keeps the person
+    mixed = choose_per_emotion([*rows, away], rows[1])
+    assert mixed["negative"] == {**{name: "null" for name in EMOTIONS}, "happy": "source"} and mixed["guidance"]["happy"] == 5.0
 
 
 def test_the_per_emotion_scales_are_kept_only_where_their_own_edits_beat_the_chosen_setting():

@@ -1,4 +1,5 @@
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -48,8 +49,6 @@ def test_checkpoints_save_refuses_a_folder_without_a_checkpoint(tmp_path):
 
 
 def test_guide_gradients_draws_each_guides_push_for_every_target(fer_csv, tmp_path):
-    import sys
-
     import numpy as np
     import torch
     from PIL import Image
@@ -72,3 +71,26 @@ def test_guide_gradients_draws_each_guides_push_for_every_target(fer_csv, tmp_pa
     assert gradients.std() > 5 and abs(np.median(gradients) - 128) <= 2  # pushes drawn around a grey zero
     first, second = gradients[:, : 4 * 48 * 3], gradients[:, 4 * 48 * 3 :]
     assert np.abs(first - second).mean() > 1  # two guides, two different pushes
+
+
+def test_per_emotion_over_sweeps_chooses_each_emotions_settings_across_sweeps_run_apart(tmp_path):
+    import json
+
+    from emodiff.labels import EMOTIONS
+
+    def row(guidance, negative, surprise):
+        per = {name: {"f1": 0.5, "identity_kept": 0.95} for name in EMOTIONS}
+        per["surprise"] = dict(zip(("f1", "identity_kept"), surprise))
+        return {"model": "m", "mode": "invert", "strength": 0.2, "steps": 15, "keep_detail": True, "localise": 0.0,
+                "guidance": guidance, "classifier_guidance": 15.0, "negative": negative, "per_emotion": per}  # fmt: skip
+
+    null = [row(9.0, "null", (0.60, 0.93)), row(13.0, "null", (0.70, 0.85))]  # the stronger reads better but loses the person
+    away = [row(5.0, "source", (0.75, 0.91))]  # away from the source: reads better and keeps the person
+    for name, rows in (("null", null), ("away", away)):
+        (tmp_path / f"{name}.json").write_text(json.dumps({"rows": rows, "chosen": rows[0]}))
+    out = tmp_path / "edit_defaults.json"
+    tool = Path(__file__).resolve().parents[1] / "tools" / "per_emotion_over_sweeps.py"
+    subprocess.run([sys.executable, str(tool), str(tmp_path / "null.json"), str(tmp_path / "away.json"), "--out", str(out)], check=True, capture_output=True)
+    chosen = json.loads(out.read_text())
+    assert chosen["guidance"]["surprise"] == 5.0 and chosen["negative"]["surprise"] == "source"
+    assert chosen["guidance"]["angry"] == 9.0 and chosen["negative"]["angry"] == "null"  # a tie: the first sweep's first row

@@ -114,7 +114,8 @@ def _edit(p):
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
     p.add_argument("--negative", default=defaults.negative, choices=NEGATIVES, help="what --guidance pushes away from: null "
                    "(no emotion, standard classifier-free guidance) or source (the face's own emotion, a negative prompt: "
-                   f"the push is then the change of emotion alone) (default: {defaults.negative})")  # fmt: skip
+                   "the push is then the change of emotion alone) (default: the model's own per target emotion where it has "
+                   "them, else null)")  # fmt: skip
     p.add_argument("--classifier-guidance", type=float, default=None, help="scale of classifier guidance: each decoding step "
                    "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
                    "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "
@@ -370,10 +371,10 @@ def _cmd_sweep(args) -> int:
     chosen, rule = choose_setting(rows)
     out = Path(args.out)
     combined = kept = scales = None
-    if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1):
+    if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1 or len(args.negatives) > 1):
         per_emotion = choose_per_emotion(rows, chosen)
         print(f"{chosen['model']}: the per-emotion scales {per_emotion}", flush=True)
-        own = dataclasses.replace(settings_of[id(chosen)], guidance=None, classifier_guidance=None)
+        own = dataclasses.replace(settings_of[id(chosen)], guidance=None, classifier_guidance=None, negative=None)
         combined = measure(f"{chosen['model']}, per-emotion scales", editors[chosen["model"]].with_edit_defaults(per_emotion), own)
         scales, kept = choose_edit_defaults(chosen, per_emotion, combined)
     record = {"rows": rows, "chosen": chosen, "rule": rule, "per_emotion_row": combined, "edit_defaults": kept}
@@ -642,7 +643,8 @@ def build_parser() -> argparse.ArgumentParser:
         "(paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json "
         "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen "
         "setting is the best macro F1 among those keeping >= 90%% of edits under the 0.6 identity distance, else the best "
-        "F1 x identity kept. With more than one guidance or classifier guidance, each target emotion's scales are then "
+        "F1 x identity kept. With more than one guidance, classifier guidance or negative, each target emotion's scales "
+        "(and negative) are then "
         "chosen by the same rule on that emotion's F1 and identity, the edits made with them are measured as one more row, "
         "and OUT/edit_defaults.json holds them if the rule prefers that row to the chosen setting, else the chosen "
         "setting's scales for every emotion: copy it into a model directory to make them its defaults.", [evaluation],

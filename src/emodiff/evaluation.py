@@ -407,8 +407,7 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     for r in rows + ([combined] if combined else []):
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
-        guidance, pushed = ("per emotion",) * 2 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off")
-        scales = (guidance, pushed, r.get("negative", "null"))
+        scales = ("per emotion",) * 3 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off", r.get("negative", "null"))
         knobs = ("–",) * 7 if r["mode"] == "gan" else (
             r["strength"], *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
         )  # fmt: skip
@@ -464,7 +463,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "keep_detail": bool(settings and settings.keep_detail),
         "localise": settings.localise if settings else 0.0,
         "classifier_guidance": settings.classifier_guidance if settings else 0.0,
-        "negative": settings.negative if settings else "null",
+        "negative": settings.negative if settings else "null",  # None: the model's own per emotion
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],
@@ -480,20 +479,24 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
 
 
 def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9) -> dict[str, dict[str, float]]:
-    """Each target emotion's guidance and classifier guidance by ``choose_setting``'s rule on that
-    emotion's F1 and identity, among the rows that differ from ``chosen`` in those two scales alone:
-    a model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}}; the
-    second only when a candidate row used classifier guidance)."""
-    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise", "negative")
+    """Each target emotion's guidance, classifier guidance and negative by ``choose_setting``'s rule on
+    that emotion's F1 and identity, among the rows that differ from ``chosen`` in those alone: a
+    model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}, "negative":
+    {...}}; the second only when a candidate row used classifier guidance, the third only when
+    the candidates push away from more than one kind of label)."""
+    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise")
     candidates = [r for r in rows if all(r.get(k) == chosen.get(k) for k in keys) and r["guidance"] is not None]
     pushed = any(r.get("classifier_guidance") for r in candidates)
-    by_emotion: dict[str, dict[str, float]] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {})}
+    negatives = len({r.get("negative", "null") for r in candidates}) > 1
+    by_emotion: dict[str, dict] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {}), **({"negative": {}} if negatives else {})}
     for name in EMOTIONS:
         scored = [{"macro_f1": r["per_emotion"][name]["f1"], "identity_kept": r["per_emotion"][name]["identity_kept"], "row": r} for r in candidates]
         best = choose_setting(scored, min_identity)[0]["row"]  # the same rule, on this emotion's F1 and identity
         by_emotion["guidance"][name] = best["guidance"]
         if pushed:
             by_emotion["classifier_guidance"][name] = best.get("classifier_guidance") or 0.0
+        if negatives:
+            by_emotion["negative"][name] = best.get("negative", "null")
     return by_emotion
 
 
@@ -509,4 +512,6 @@ def choose_edit_defaults(chosen: dict, per_emotion: dict, combined: dict, min_id
     uniform = {"guidance": {name: chosen["guidance"] for name in EMOTIONS}}
     if "classifier_guidance" in per_emotion:
         uniform["classifier_guidance"] = {name: chosen.get("classifier_guidance") or 0.0 for name in EMOTIONS}
+    if "negative" in per_emotion:
+        uniform["negative"] = {name: chosen.get("negative", "null") for name in EMOTIONS}
     return uniform, "the chosen setting's scales for every emotion"

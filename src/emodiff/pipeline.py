@@ -40,14 +40,15 @@ from .devices import autocast, batch_piece, bf16_supported, resolve_device
 from .encoders import SHIPPED_WEIGHTS, EmotionClassifier, NoisyEmotionClassifier, load_encoder
 from .files import atomic_write, save_model_dir
 from .labels import EMOTIONS, parse_emotion
-from .settings import DEFAULT_GUIDANCE, SAMPLERS, EditSettings
+from .settings import DEFAULT_GUIDANCE, NEGATIVES, SAMPLERS, EditSettings
 
 SCHEDULERS = dict(zip(SAMPLERS, (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
 # A model's own edit settings per target emotion, e.g. {"guidance": {"angry": 9.0, "happy": 5.0},
-# "classifier_guidance": {"angry": 15.0}}: what an edit gets when the settings name no scale.
+# "classifier_guidance": {"angry": 15.0}, "negative": {"surprise": "source"}}: what an edit gets
+# when the settings name none.
 EDIT_DEFAULTS = "edit_defaults.json"
-PER_EMOTION_SETTINGS = {"guidance": DEFAULT_GUIDANCE, "classifier_guidance": 0.0}  # and their value for emotions left out
+PER_EMOTION_SETTINGS = {"guidance": DEFAULT_GUIDANCE, "classifier_guidance": 0.0, "negative": "null"}  # and their value for emotions left out
 
 
 class ModelLoadError(ValueError):
@@ -192,7 +193,12 @@ class EmotionEditPipeline(FaceEditor):
         self.edit_defaults = {}
         for name, by_emotion in (edit_defaults or {}).items():
             if not isinstance(by_emotion, dict):
-                raise ValueError(f"{name!r} must map emotion names to scales, got {by_emotion!r}")
+                raise ValueError(f"{name!r} must map emotion names to settings, got {by_emotion!r}")
+            if name == "negative":
+                self.edit_defaults[name] = {EMOTIONS[parse_emotion(k)]: v for k, v in by_emotion.items()}
+                if any(v not in NEGATIVES for v in self.edit_defaults[name].values()):
+                    raise ValueError(f"negative must be one of {', '.join(NEGATIVES)} for every emotion, got {self.edit_defaults[name]}")
+                continue
             self.edit_defaults[name] = {EMOTIONS[parse_emotion(k)]: float(v) for k, v in by_emotion.items()}
             if any(v < 0 for v in self.edit_defaults[name].values()):
                 raise ValueError(f"{name} must be >= 0 for every emotion, got {self.edit_defaults[name]}")
@@ -318,7 +324,21 @@ class EmotionEditPipeline(FaceEditor):
         batch, up to the rounding of the kernels PyTorch picks for each batch size: at most one grey
         level in fp32 (``pipe.to(device, bf16=False)``), but up to 12 of 255 on the bundled faces
         under bf16 autocast, the default where the hardware has it.
+
+        Targets whose guidance pushes away from different labels (``negative``, per emotion) are
+        edited apart, each group against a decode of the source emotion made the same way: with
+        keep detail, an edit is its decode minus that reference, and a reference guided from null
+        under a target pushed away from the source leaves the null direction's pull in the change.
         """
+        kinds = self._negatives(settings.negative, targets)
+        if len(set(kinds)) > 1:
+            edits = np.empty((len(faces), len(targets), *faces.shape[1:]), dtype=np.uint8)
+            for kind in dict.fromkeys(kinds):
+                columns = [column for column, own in enumerate(kinds) if own == kind]
+                group = dataclasses.replace(settings, negative=kind)
+                edits[:, columns] = self.edit_faces(faces, [targets[c] for c in columns], group, source_labels, seed)
+            return edits
+        negative = kinds[0] if kinds else PER_EMOTION_SETTINGS["negative"]
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
         # the model sees the face at FER's typical level when normalising, its change is scaled back below
@@ -329,7 +349,7 @@ class EmotionEditPipeline(FaceEditor):
         timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
         noise = torch.stack([face_noise(face, seed) for face in faces]).to(self.device)
         source = None
-        if settings.mode == "invert" or settings.keep_detail or settings.negative == "source":
+        if settings.mode == "invert" or settings.keep_detail or negative == "source":
             if source_labels is None:
                 source = self.classifier.predict_proba(seen).argmax(-1)
             else:
@@ -351,7 +371,7 @@ class EmotionEditPipeline(FaceEditor):
         generator = torch.Generator().manual_seed(seed)
         guidance = self._per_emotion("guidance", settings.guidance, labels)
         push = self._per_emotion("classifier_guidance", settings.classifier_guidance, labels)
-        negatives = gather(source) if settings.negative == "source" else None
+        negatives = gather(source) if negative == "source" else None  # the reference row too: decoded as its targets are
         decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
@@ -400,6 +420,12 @@ class EmotionEditPipeline(FaceEditor):
         if len(set(scales)) == 1:
             return scales[0]
         return torch.tensor(scales, device=self.device).view(-1, 1, 1, 1)
+
+    def _negatives(self, asked: str | None, labels: list[int]) -> list[str]:
+        """What each decode's guidance pushes away from (NEGATIVES): the one asked for, else its
+        emotion's in the model's ``edit_defaults``."""
+        own = self.edit_defaults.get("negative", {})
+        return [asked or own.get(EMOTIONS[label], PER_EMOTION_SETTINGS["negative"]) for label in labels]
 
     def _eps(self, x, t, labels, codes, guidance: float | torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """Noise prediction with classifier-free guidance on the label (the code is kept in both halves);

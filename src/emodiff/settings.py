@@ -30,8 +30,9 @@ class EditSettings:
     # eps_null), the standard) or "source" (the face's own emotion: eps_source + g·(eps_target -
     # eps_source), a negative prompt). Away from the source, the push is the change of emotion alone,
     # without the pull toward a typical FER face that eps_target - eps_null also carries; and the
-    # decode under the source emotion is then the unguided one that mirrors the inversion.
-    negative: str = "null"
+    # decode under the source emotion is then the unguided one that mirrors the inversion. None: the
+    # model's own per target emotion (pipeline.EDIT_DEFAULTS) where it has them, else "null".
+    negative: str | None = None
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
     # detail) then stays the input's own, and editing to the source emotion returns the input.
@@ -60,7 +61,7 @@ class EditSettings:
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown mode {self.mode!r}: expected one of {', '.join(MODES)}")
-        if self.negative not in NEGATIVES:
+        if self.negative is not None and self.negative not in NEGATIVES:
             raise ValueError(f"unknown negative {self.negative!r}: expected one of {', '.join(NEGATIVES)}")
         if self.keep_detail is None:
             object.__setattr__(self, "keep_detail", self.mode == "invert")
