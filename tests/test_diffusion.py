@@ -440,7 +440,11 @@ def test_a_per_emotion_negative_loads_from_the_model_directory_and_negative_over
     assert np.abs(own[:, 0].astype(int) - null[:, 0]).max() > 1 and np.abs(own[:, 1].astype(int) - away[:, 1]).max() > 1
     # with keep detail each target's change is taken over a source decode made as its own decode is
     kept = dataclasses.replace(plain, keep_detail=True, normalise=False)
+    inversions = []
+    invert = loaded._invert
+    loaded._invert = lambda *args: inversions.append(1) or invert(*args)  # both kinds share one inversion
     own = loaded.edit_faces(face, [0, 3], kept, source_labels=[6], seed=1)
+    assert len(inversions) == 1
     away = loaded.edit_faces(face, [0], dataclasses.replace(kept, negative="source"), source_labels=[6], seed=1)
     null = loaded.edit_faces(face, [3], dataclasses.replace(kept, negative="null"), source_labels=[6], seed=1)
     assert np.abs(own[:, 0].astype(int) - away[:, 0]).max() <= 1 and np.abs(own[:, 1].astype(int) - null[:, 0]).max() <= 1

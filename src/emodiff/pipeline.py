@@ -325,20 +325,14 @@ class EmotionEditPipeline(FaceEditor):
         level in fp32 (``pipe.to(device, bf16=False)``), but up to 12 of 255 on the bundled faces
         under bf16 autocast, the default where the hardware has it.
 
-        Targets whose guidance pushes away from different labels (``negative``, per emotion) are
-        edited apart, each group against a decode of the source emotion made the same way: with
-        keep detail, an edit is its decode minus that reference, and a reference guided from null
-        under a target pushed away from the source leaves the null direction's pull in the change.
+        Each target's guidance pushes away from its own ``negative`` (per emotion): with keep
+        detail, an edit is its decode minus a decode of the source emotion, and that reference is
+        decoded as the target is (pushed away from the same label), once per kind of negative per
+        face; a reference guided from null under a target pushed away from the source would leave
+        the null direction's pull in the change. Everything else (the inversion, the source
+        emotion) is shared, and all decodes run as one batch.
         """
         kinds = self._negatives(settings.negative, targets)
-        if len(set(kinds)) > 1:
-            edits = np.empty((len(faces), len(targets), *faces.shape[1:]), dtype=np.uint8)
-            for kind in dict.fromkeys(kinds):
-                columns = [column for column, own in enumerate(kinds) if own == kind]
-                group = dataclasses.replace(settings, negative=kind)
-                edits[:, columns] = self.edit_faces(faces, [targets[c] for c in columns], group, source_labels, seed)
-            return edits
-        negative = kinds[0] if kinds else PER_EMOTION_SETTINGS["negative"]
         x0 = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
         # the model sees the face at FER's typical level when normalising, its change is scaled back below
@@ -349,7 +343,7 @@ class EmotionEditPipeline(FaceEditor):
         timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
         noise = torch.stack([face_noise(face, seed) for face in faces]).to(self.device)
         source = None
-        if settings.mode == "invert" or settings.keep_detail or negative == "source":
+        if settings.mode == "invert" or settings.keep_detail or "source" in kinds:
             if source_labels is None:
                 source = self.classifier.predict_proba(seen).argmax(-1)
             else:
@@ -360,32 +354,37 @@ class EmotionEditPipeline(FaceEditor):
             start = scheduler.add_noise(seen, noise, timesteps[:1].repeat(count))
         else:
             start = self._invert(scheduler, seen, timesteps, source, codes)
-        rows = [list(targets) for _ in range(count)]  # the emotions each face is decoded under
-        if settings.keep_detail:  # the source emotion's decode is the reference of the change: once per face
+        # what each face is decoded under: (emotion, negative) for its targets, then its own emotion
+        # once per kind of negative as the reference of the change (unless a target is already that)
+        rows = [list(zip(targets, kinds)) for _ in range(count)]
+        if settings.keep_detail:
             for row, own in zip(rows, source.tolist()):
-                if own not in row:
-                    row.append(own)
+                row += [(own, kind) for kind in dict.fromkeys(kinds) if (own, kind) not in row]
         which_face = torch.tensor([face for face, row in enumerate(rows) for _ in row], device=self.device)
-        labels = torch.tensor([label for row in rows for label in row], device=self.device)
+        labels = torch.tensor([label for row in rows for label, _ in row], device=self.device)
         gather = lambda t: None if t is None else t[which_face]  # noqa: E731
         generator = torch.Generator().manual_seed(seed)
         guidance = self._per_emotion("guidance", settings.guidance, labels)
         push = self._per_emotion("classifier_guidance", settings.classifier_guidance, labels)
-        negatives = gather(source) if negative == "source" else None  # the reference row too: decoded as its targets are
+        negatives = None  # the null label for every row
+        if "source" in kinds:
+            away = torch.tensor([kind == "source" for row in rows for _, kind in row], device=self.device)
+            negatives = torch.where(away, gather(source), torch.full_like(labels, NULL_LABEL))
         decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
-        if settings.keep_detail:
-            reference = decoded[[begin + row.index(own) for begin, row, own in zip(first, rows, source.tolist())]]
+        if settings.keep_detail:  # each target's reference: the source decode under the target's negative
+            picks = [begin + row.index((own, kind)) for begin, row, own in zip(first, rows, source.tolist()) for kind in kinds]
+            reference = decoded[picks].reshape(count, per_face, *x0.shape[1:])
             if settings.localise or settings.normalise:
-                change = edited - reference[:, None]
+                change = edited - reference
                 if settings.normalise:
                     change = change * contrast[:, None]
                 if settings.localise:
                     change = change * change_mask(change.flatten(0, 1), settings.localise).view_as(change)
                 edited = x0[:, None] + change
             else:  # summed in this order since before --localise: edits without either stay bit-identical
-                edited = x0[:, None] + edited - reference[:, None]
+                edited = x0[:, None] + edited - reference
             edited = edited.clamp(-1, 1)
         return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
