@@ -78,6 +78,14 @@ def test_bad_strength_or_steps_are_refused_before_any_work(face_files, tmp_path,
     assert not out.exists()
 
 
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "half"])
+def test_a_fingers_share_outside_0_to_1_is_refused_before_training(fer_csv, tmp_path, capsys, value):
+    out = tmp_path / "guide"
+    with pytest.raises(SystemExit) as stop:
+        main(["train-encoder", "guide", "--data", str(fer_csv), "--out", str(out), "--fingers", value])
+    assert stop.value.code == 2 and "fraction from 0 to 1" in capsys.readouterr().err and not out.exists()
+
+
 def test_bad_model_dir_is_named(face_files, tmp_path, capsys):
     status = main(["edit", str(face_files[0]), "--to", "happy", "--out", str(tmp_path / "o"), "--model", str(tmp_path)])
     assert status == 2 and str(tmp_path) in capsys.readouterr().err

@@ -146,6 +146,22 @@ def test_tensor_round_trip_and_augment_keeps_shape():
     assert warped.shape == x.shape and not torch.equal(warped, x)
 
 
+def test_fingers_are_drawn_on_the_asked_share_of_faces_as_parallel_bars_in_the_lower_face():
+    x = torch.full((400, 1, 48, 48), -0.5)
+    assert torch.equal(data.draw_fingers(x, torch.Generator().manual_seed(0), 0.0), x)
+    drawn = data.draw_fingers(x, torch.Generator().manual_seed(0), 0.5)
+    np.testing.assert_array_equal(drawn, data.draw_fingers(x, torch.Generator().manual_seed(0), 0.5))  # one draw per seed
+    changed = (drawn != x).flatten(1).any(1)
+    assert 0.4 < changed.float().mean() < 0.6 and torch.equal(x, torch.full_like(x, -0.5))  # the input is left alone
+    for face in torch.nonzero(changed).flatten()[:50].tolist():
+        mask = (drawn[face, 0] != x[face, 0]).numpy()
+        rows, columns = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        assert rows.min() >= 16 and 8 <= len(rows) <= 20  # in the lower two thirds, 8 to 20 pixels long
+        bars = np.split(columns, np.flatnonzero(np.diff(columns) > 1) + 1)
+        assert 2 <= len(bars) <= 4 and all(2 <= len(bar) <= 3 for bar in bars)  # 2 to 4 bars, each 2 or 3 pixels wide
+        assert (mask[rows.min() : rows.max() + 1][:, columns]).all()  # each bar runs its whole length
+
+
 def test_a_mosaic_keeps_labels_and_splits_and_its_tiles_never_bleed(tmp_path):
     from emodiff.data import FaceSet, load_mosaic, save_mosaic
 

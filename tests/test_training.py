@@ -115,6 +115,21 @@ def test_a_class_balanced_encoder_run_sees_every_emotion_about_equally_often(tmp
     assert abs(share_of_happy(balance_classes=True) - 1 / 7) < 0.08
 
 
+def test_fingers_are_drawn_over_the_faces_a_run_trains_on_and_nowhere_else(fer_csv, tmp_path, monkeypatch):
+    seen = []
+    forward = training._Objective.forward
+    monkeypatch.setattr(training._Objective, "forward", lambda self, x, y: seen.append(x.clone()) or forward(self, x, y))
+
+    def first_batch(**options) -> torch.Tensor:
+        seen.clear()
+        train_encoder(_config(fer_csv, tmp_path / str(len(list(tmp_path.iterdir()))), kind="guide", epochs=1, stop_at_step=1, **options))
+        return seen[0]
+
+    plain, fingers = first_batch(), first_batch(fingers=1.0)
+    assert torch.equal(plain[..., :16, :], fingers[..., :16, :])  # the same faces, flipped and warped the same way ...
+    assert (plain[..., 16:, :] != fingers[..., 16:, :]).flatten(1).any(1).all()  # ... each with bars over its lower face
+
+
 def test_unknown_kind_is_refused(fer_csv, tmp_path):
     with pytest.raises(ValueError, match="cnn, vae, judge"):
         train_encoder(_config(fer_csv, tmp_path / "x", kind="gan"))

@@ -30,6 +30,16 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
 
 
+def _fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
+    return value
+
+
 def _int_list(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(","))
@@ -498,6 +508,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "smooth and face-shaped, but measured as a guide it bought less emotion per point of identity than the "
                    "shipped, plainly trained one (README) (default: 0, plain training; with --init, that model's own)")  # fmt: skip
     p.add_argument("--balance-classes", action="store_true", help=BALANCE_HELP)
+    p.add_argument("--fingers", type=_fraction, default=0.0, metavar="P",
+                   help="draw 2 to 4 finger-like bars over this fraction of the training faces, of every emotion, so the "
+                   "classifier stops reading a hand over the mouth as fear or surprise, as FER-2013's faces teach it "
+                   "(default: 0, none)")  # fmt: skip
 
     p = command(
         "train", _cmd_train, "train the conditional diffusion model (label, cnn or vae variant)",

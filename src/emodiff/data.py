@@ -328,6 +328,29 @@ def augment(
     return affine_warp(images, angle, scale, shift, flip_sign)
 
 
+def draw_fingers(images: torch.Tensor, generator: torch.Generator, fraction: float) -> torch.Tensor:
+    """``fraction`` of the faces (B, 1, H, W in [-1, 1]) with 2 to 4 parallel bars drawn over them,
+    finger-wide (2 or 3 pixels, 1 or 2 apart), 8 to 20 pixels long, at one random grey, anywhere in
+    the lower two thirds: the hands that FER-2013's fear and surprise faces hold at the mouth, drawn
+    on faces of every emotion, so a classifier trained on them stops reading a hand as an emotion (a
+    guide that does draws hands over smiling mouths, README "The pale streaks are hands")."""
+    batch, _, height, width = images.shape
+    draws = torch.rand(batch, 8, generator=generator)  # per face: whether, count, width, gap, length, grey, x, y
+    drawn = images.clone()
+    columns = torch.arange(width)
+    rows = torch.arange(height)
+    for face in torch.nonzero(draws[:, 0] < fraction).flatten().tolist():
+        count, bar, gap = 2 + int(draws[face, 1] * 3), 2 + int(draws[face, 2] * 2), 1 + int(draws[face, 3] * 2)
+        length = 8 + int(draws[face, 4] * 13)
+        span = count * bar + (count - 1) * gap
+        left = int(draws[face, 6] * (width - span + 1))
+        top = height // 3 + int(draws[face, 7] * (height - height // 3 - length + 1))
+        inside = ((columns - left) % (bar + gap) < bar) & (columns >= left) & (columns < left + span)
+        mask = inside[None, :] & (rows[:, None] >= top) & (rows[:, None] < top + length)
+        drawn[face, :, mask] = float(draws[face, 5]) * 2 - 1
+    return drawn
+
+
 def affine_warp(
     images: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor, flip_sign: torch.Tensor
 ) -> torch.Tensor:

@@ -13,7 +13,7 @@ from diffusers.optimization import get_constant_schedule_with_warmup, get_cosine
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import FaceSet, augment, load_fer2013, to_tensor, to_uint8
+from .data import FaceSet, augment, draw_fingers, load_fer2013, to_tensor, to_uint8
 from .devices import batch_piece, describe_hardware
 from .encoders import ENCODER_CLASSES, FaceVAE, load_encoder
 from .files import save_image, save_model_dir
@@ -65,6 +65,7 @@ class EncoderTrainConfig:
     init: str | None = None  # trained model dir of the same kind to fine-tune from
     adversarial_radius: float | None = None  # guide only: L2 radius of adversarial training (None: 0, or --init's)
     balance_classes: bool = False  # draw every emotion equally often, as DiffusionTrainConfig's
+    fingers: float = 0.0  # the fraction of training faces with finger-like bars drawn over them (data.draw_fingers)
     device: str = "auto"
     seed: int = 0
     checkpoint_minutes: float = 5.0
@@ -172,7 +173,11 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
     with run.checkpoint_on_interrupt(save):
         while step < stop:
             index = run.balanced_batch(step, labels, batch_size) if config.balance_classes else run.batch(step, len(train), batch_size)
-            batch = augment(images[index], run.generator(step), **recipe.augment).to(accelerator.device)
+            generator = run.generator(step)
+            batch = augment(images[index], generator, **recipe.augment)
+            if config.fingers:
+                batch = draw_fingers(batch, generator, config.fingers)
+            batch = batch.to(accelerator.device)
             with accelerator.autocast():
                 loss, stats = objective(batch, labels[index].to(accelerator.device))
             optimizer.zero_grad(set_to_none=True)
