@@ -510,8 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--balance-classes", action="store_true", help=BALANCE_HELP)
     p.add_argument("--fingers", type=_fraction, default=0.0, metavar="P",
                    help="draw 2 to 4 finger-like bars over this fraction of the training faces, of every emotion, so the "
-                   "classifier stops reading a hand over the mouth as fear or surprise, as FER-2013's faces teach it "
-                   "(default: 0, none)")  # fmt: skip
+                   "classifier stops reading a hand over the mouth as fear or surprise, as FER-2013's faces teach it; "
+                   "measured on the guide, its edits drew fewer hands but read less (README) (default: 0, none)")  # fmt: skip
 
     p = command(
         "train", _cmd_train, "train the conditional diffusion model (label, cnn or vae variant)",
