@@ -34,7 +34,7 @@ def _fraction(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        value = -1.0
+        value = float("nan")  # refused below, with the same message
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a fraction from 0 to 1, got {text!r}")
     return value

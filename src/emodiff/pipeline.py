@@ -414,8 +414,7 @@ class EmotionEditPipeline(FaceEditor):
         as a (N, 1, 1, 1) tensor, or one float when every decode's is the same."""
         if asked is not None:
             return asked
-        own = self.edit_defaults.get(name, {})
-        scales = [own.get(EMOTIONS[label], PER_EMOTION_SETTINGS[name]) for label in labels.tolist()]
+        scales = [self._own(name, label) for label in labels.tolist()]
         if len(set(scales)) == 1:
             return scales[0]
         return torch.tensor(scales, device=self.device).view(-1, 1, 1, 1)
@@ -423,8 +422,11 @@ class EmotionEditPipeline(FaceEditor):
     def _negatives(self, asked: str | None, labels: list[int]) -> list[str]:
         """What each decode's guidance pushes away from (NEGATIVES): the one asked for, else its
         emotion's in the model's ``edit_defaults``."""
-        own = self.edit_defaults.get("negative", {})
-        return [asked or own.get(EMOTIONS[label], PER_EMOTION_SETTINGS["negative"]) for label in labels]
+        return [asked or self._own("negative", label) for label in labels]
+
+    def _own(self, name: str, label: int):
+        """The model's own ``name`` setting for edits to ``label`` (``edit_defaults``), else PER_EMOTION_SETTINGS'."""
+        return self.edit_defaults.get(name, {}).get(EMOTIONS[label], PER_EMOTION_SETTINGS[name])
 
     def _eps(self, x, t, labels, codes, guidance: float | torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         """Noise prediction with classifier-free guidance on the label (the code is kept in both halves);
