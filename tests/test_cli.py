@@ -97,7 +97,7 @@ def test_sample_writes_n_faces(model_dir, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [f"surprise_{i:03d}.png" for i in range(3)]
 
 
-@pytest.mark.parametrize("command", ["train-encoder", "train", "train-gan", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "reproduce-table1", "demo", "serve", "pack-data", "evaluate-photos"])
+@pytest.mark.parametrize("command", ["train-encoder", "train", "train-gan", "edit", "sample", "predict", "test-encoder", "export", "evaluate", "sweep", "reproduce-table1", "demo", "serve", "pack-data", "evaluate-photos", "find-hands"])
 def test_every_option_has_help(command):
     sub = build_parser()._subparsers._group_actions[0].choices[command]
     for action in sub._actions:

@@ -21,12 +21,17 @@ from .labels import EMOTIONS
 from .runs import Run, with_recorded_recipe
 
 
-def training_faces(data: str, skip_bad: bool) -> tuple[FaceSet, FaceSet]:
-    """(Training, PublicTest) of a FER-2013 file; an error when there is nothing to train on."""
+def training_faces(data: str, skip_bad: bool, leave_out: str | None = None) -> tuple[FaceSet, FaceSet]:
+    """(Training, PublicTest) of a FER-2013 file, without the Training faces the ``leave_out`` file
+    lists (``emodiff find-hands``); an error when there is nothing to train on."""
     faces = load_fer2013(data, skip_bad=skip_bad)
     train = faces.split("Training")
     if len(train) == 0:
         raise ValueError(f"{data}: no Training rows to train on")
+    if leave_out:
+        from .hands import read_leave_out
+
+        train = train.take(np.setdiff1d(np.arange(len(train)), read_leave_out(leave_out, len(train))))
     return train, faces.split("PublicTest")
 
 
@@ -70,6 +75,7 @@ class EncoderTrainConfig:
     seed: int = 0
     checkpoint_minutes: float = 5.0
     skip_bad: bool = False
+    leave_out: str | None = None  # a file of Training positions to train without (emodiff find-hands)
     resume: bool = False
     stop_at_step: int | None = None  # end this invocation early; the run stays resumable
 
@@ -142,7 +148,7 @@ def train_encoder(config: EncoderTrainConfig) -> dict:
         raise ValueError(f"--init {config.init}: a {type(start).__name__}, but {config.kind} is a {expected}")
     options = encoder_options(config, start)
     config = replace(config, **options)  # the radius a resumed run must keep, even one taken from --init
-    train, val = training_faces(config.data, config.skip_bad)
+    train, val = training_faces(config.data, config.skip_bad, config.leave_out)
     run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
     accelerator = run.accelerator
     if len(val) == 0:
@@ -247,6 +253,7 @@ class DiffusionTrainConfig:
     sample_minutes: float = 30.0  # a sample grid at most this often (and at the end): it costs minutes on a CPU
     log_every: int = 50
     skip_bad: bool = False
+    leave_out: str | None = None  # a file of Training positions to train without (emodiff find-hands)
     resume: bool = False
     stop_at_step: int | None = None
 
@@ -306,7 +313,7 @@ def train_diffusion(config: DiffusionTrainConfig) -> dict:
     start = EmotionEditPipeline.from_pretrained(config.init, device="cpu") if config.init else None
     if start is not None and start.denoiser.config.cond != config.cond:
         raise ValueError(f"--init {config.init}: a {start.denoiser.config.cond!r} model, but --cond is {config.cond!r}")
-    train, _ = training_faces(config.data, config.skip_bad)
+    train, _ = training_faces(config.data, config.skip_bad, config.leave_out)
     run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
     accelerator, device = run.accelerator, run.accelerator.device
     run.announce(f"train {config.cond}", len(train))
@@ -443,6 +450,7 @@ class GanTrainConfig:
     checkpoint_minutes: float = 5.0
     log_every: int = 50
     skip_bad: bool = False
+    leave_out: str | None = None  # a file of Training positions to train without (emodiff find-hands)
     resume: bool = False
     stop_at_step: int | None = None
 
@@ -467,7 +475,7 @@ def train_gan(config: GanTrainConfig) -> dict:
     if config.images is not None and config.images < config.batch_size:
         raise ValueError(f"--images {config.images}: less than one batch of {config.batch_size}")
     budget_images = config.images if config.images or config.minutes else 600_000
-    train, val = training_faces(config.data, config.skip_bad)
+    train, val = training_faces(config.data, config.skip_bad, config.leave_out)
     run = Run(config.out, resume=config.resume, device=config.device, seed=config.seed, checkpoint_minutes=config.checkpoint_minutes)
     accelerator, device = run.accelerator, run.accelerator.device
     run.announce("train-gan", len(train))
