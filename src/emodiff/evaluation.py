@@ -375,7 +375,8 @@ def markdown_report(metrics: dict, title: str, command: str | None = None) -> st
             "",
             f"Hands drawn: {hands['drawn']:.1%} of the edits whose input had no hand on the face gained one ({per_target}; "
             f"{hands['inputs_with_hands']:.0%} of the inputs had one). A detector on the judge's features fitted to "
-            "FER-2013 Training faces labelled by hand (emodiff.hands); the judges read a hand as fear, so only this sees it.",
+            "FER-2013 Training faces labelled by hand (emodiff.hands); the judges read a hand as fear, so only this sees it. "
+            "It also leans on what fear looks like: compare settings by it, do not read it as a census.",
         ]
     return "\n".join(lines) + "\n"
 

@@ -2,10 +2,11 @@
 
 A hand over the mouth, cheek or brow is on a third of FER-2013's fear faces, a quarter of its surprise
 faces and a sixth of its sad ones, against 1 in 100 happy faces (1,000 Training faces looked at one by
-one; ``LABELS``). A model trained on them learns a hand as part of those expressions: asked to make a
-broad smile fearful, a light decode cannot close the mouth, and covering it is the nearest fearful face
-it knows: pale, finger-wide bands over the mouth. The judges learned the same, so they read a hand as
-fear and no emotion score sees the flaw; counting hands does.
+one; ``LABELS``). A model trained on them draws hands into fear, surprise and sad edits, and the
+judges learned the same, so they read a hand as fear and no emotion score sees the flaw; counting
+hands does. (Training without the hand faces halved that count, but a broad smile turned fearful
+still gets pale, finger-wide bands over the mouth: the decode hides teeth it cannot remove; README
+"Counting hands, and training without them".)
 
 Detection is a logistic regression on a trained classifier's features, fitted to those labelled faces
 (a few seconds): which classifier depends on the use. Leaving faces out of training uses the semantic
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from .data import FaceSet, to_tensor
+from .encoders import EmotionCNN
 from .files import atomic_write
 from .labels import EMOTIONS
 
@@ -57,7 +59,7 @@ def encoder_features(encoder: torch.nn.Module, images: torch.Tensor, batch_size:
     for start in range(0, len(images), batch_size):
         batch = images[start : start + batch_size].to(device)
         parts = [encoder.encode(batch)]
-        if hasattr(encoder, "mlp"):  # the CNN encoder: its code alone loses where things are
+        if isinstance(encoder, EmotionCNN):  # its code alone loses where on the face things are
             parts.append(encoder.features(batch))
         chunks.append(torch.cat(parts, 1).float().cpu().numpy())
     return np.concatenate(chunks)
