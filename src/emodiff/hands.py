@@ -5,7 +5,7 @@ faces and a sixth of its sad ones, against 1 in 100 happy faces (1,000 Training 
 one; ``LABELS``). A model trained on them draws hands into fear, surprise and sad edits, and the
 judges learned the same, so they read a hand as fear and no emotion score sees the flaw; counting
 hands does. (Training without the hand faces halved that count, but a broad smile turned fearful
-still gets pale, finger-wide bands over the mouth: the decode hides teeth it cannot remove; README
+still gets pale, finger-wide bands over the mouth, most likely the decode hiding teeth it cannot remove; README
 "Counting hands, and training without them".)
 
 Detection is a logistic regression on a trained classifier's features, fitted to those labelled faces
