@@ -1,5 +1,6 @@
 """Hands: the labels, the detector, leaving faces out of training and counting hands in edits."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -51,6 +52,14 @@ def test_the_detector_finds_the_hands_on_faces_it_was_not_fitted_to(detector_and
     probability = detector.probability(to_tensor(faces.images[80:]))
     assert (probability[has_hand[80:]] >= 0.5).mean() > 0.8
     assert (probability[~has_hand[80:]] < 0.5).mean() > 0.8
+
+
+def test_the_detector_reports_how_well_it_finds_the_labelled_hands_held_out(detector_and_faces):
+    detector, _, _ = detector_and_faces
+    quality = detector.cross_validated(0.5)
+    assert quality["average_precision"] > 0.9 and quality["recall"] > 0.8 and quality["precision"] > 0.8
+    shuffled = dataclasses.replace(detector, hand=np.random.default_rng(0).permutation(detector.hand))  # labels that say nothing
+    assert shuffled.cross_validated(0.5)["average_precision"] < 0.8
 
 
 def test_find_hands_lists_what_the_detector_finds_and_the_labels_overrule_it(detector_and_faces):
@@ -111,7 +120,7 @@ def test_the_shipped_labels_refuse_a_training_split_they_do_not_describe(detecto
         hands.fit_detector(faces, EmotionCNN().eval())  # too few faces
     big = training.FaceSet(np.zeros((28709, 48, 48), np.uint8), np.zeros(28709, np.int64), np.zeros(28709, np.int8))
     with pytest.raises(ValueError, match="not the labelled ones"):
-        hands.check_labelled_faces(big)  # as many faces, but not those (another order)
+        hands.checked_labels(big)  # as many faces, but not those (another order)
 
 
 def test_the_shipped_labels_describe_the_real_training_split():
@@ -119,7 +128,7 @@ def test_the_shipped_labels_describe_the_real_training_split():
 
     if not REAL_CSV.exists():
         pytest.skip("real FER-2013 CSV not present")
-    hands.check_labelled_faces(load_fer2013(REAL_CSV).split("Training"))
+    hands.checked_labels(load_fer2013(REAL_CSV).split("Training"))
 
 
 def test_evaluation_counts_the_hands_an_editor_draws_and_none_for_one_that_draws_none(detector_and_faces):
@@ -144,7 +153,7 @@ def test_find_hands_refuses_data_without_the_full_training_split(fer_csv, tmp_pa
     assert not (tmp_path / "hands.json").exists()
 
 
-def test_a_leave_out_file_written_by_find_hands_is_what_training_reads(tmp_path):
+def test_a_leave_out_file_reads_back_the_positions_and_the_command_written(tmp_path):
     images, labels, usage = synthetic_faces(20)
     data = write_csv(tmp_path / "fer.csv", images, labels, usage)
     train = load_fer2013(data).split("Training")
