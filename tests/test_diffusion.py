@@ -174,6 +174,30 @@ def test_localise_edits_only_where_the_change_is_strong_and_keeps_the_rest_of_th
         EditSettings(mode="sdedit", keep_detail=False, localise=8.0)
 
 
+def test_mouth_strength_redraws_the_mouth_from_deeper_and_leaves_the_rest_of_the_decode_as_it_was():
+    """Differential diffusion: with a denoiser that sees each pixel alone, a pixel outside the mouth
+    region follows exactly the decode of the face's own strength, and the mouth a deeper one."""
+    from emodiff.pipeline import strength_map
+
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.05 * labels.view(-1, 1, 1, 1).float()  # per pixel
+    x, source = faces(2, seed=4), [2, 5]
+    settings = EditSettings(mode="invert", strength=0.2, steps=15, keep_detail=False)
+    plain = pipe.edit_faces(x, [0, 3], settings, source_labels=source).astype(int)
+    deeper = pipe.edit_faces(x, [0, 3], dataclasses.replace(settings, mouth_strength=0.6), source_labels=source).astype(int)
+    everywhere = pipe.edit_faces(x, [0, 3], dataclasses.replace(settings, strength=0.6), source_labels=source).astype(int)
+    strengths = strength_map(48, 0.2, 0.6)[0, 0].numpy()
+    outside, mouth = np.isclose(strengths, 0.2), np.isclose(strengths, 0.6)
+    assert outside.mean() > 0.7 and 0.02 < mouth.mean() < 0.1  # the mouth: a small region low in the face
+    assert mouth[int(0.783 * 48), 24] and outside[10, 24]
+    assert np.abs(deeper - plain)[..., outside].max() <= 1  # the rest of the face: as at its own strength
+    assert np.abs(deeper - everywhere)[..., mouth].max() <= 1  # the mouth: as at the deeper one
+    assert np.abs(everywhere - plain)[..., mouth].mean() > 3  # which is another edit there
+    for bad in (dict(mouth_strength=0.2), dict(mouth_strength=1.2), dict(mode="sdedit", mouth_strength=0.6)):
+        with pytest.raises(ValueError, match="mouth_strength"):
+            EditSettings(**bad)
+
+
 def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_back():
     """A face with half the contrast of one at FER's typical level is edited as that face is, and
     gets half its change: not the change a model draws on a face flatter than any it learned. A

@@ -102,6 +102,10 @@ def _edit(p):
     defaults = EditSettings()
     p.add_argument("--mode", default=defaults.mode, choices=MODES, help=f"edit mode (default: {defaults.mode})")
     p.add_argument("--strength", type=float, default=defaults.strength, help=f"fraction of T to noise/invert to, in (0, 1] (default: {defaults.strength})")
+    p.add_argument("--mouth-strength", type=float, default=defaults.mouth_strength, help="with --mode invert: invert and "
+                   "decode the mouth from this deeper strength, the rest of the face from --strength (differential diffusion), "
+                   "so a broad smile can close instead of being hidden under pale bands; costs the deeper strength's steps "
+                   f"(default: {defaults.mouth_strength:g} = off)")  # fmt: skip
     _sampling(p, defaults.steps, defaults.guidance)
     p.add_argument(
         "--keep-detail",
@@ -381,8 +385,11 @@ def _cmd_sweep(args) -> int:
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
-                for localise, pushed, negative in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives):
-                    grid.append(EditSettings(mode=mode, strength=strength, steps=steps, guidance=guidance, keep_detail=keep_detail, localise=localise, classifier_guidance=pushed, negative=negative))
+                for localise, pushed, negative, mouth in itertools.product(
+                    args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, args.mouth_strengths if mode == "invert" else (0.0,)
+                ):
+                    grid.append(EditSettings(mode=mode, strength=strength, mouth_strength=mouth, steps=steps, guidance=guidance, keep_detail=keep_detail,
+                                             localise=localise, classifier_guidance=pushed, negative=negative))  # fmt: skip
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
 
@@ -703,6 +710,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
     p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
     p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
+    p.add_argument("--mouth-strengths", type=_float_list, default=(0.0,), help="comma-separated --mouth-strength values, used in invert mode (default: 0 = off)")
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
     p.add_argument("--negatives", type=lambda t: tuple(t.split(",")), default=("null",), help="comma-separated --negative choices (default: null)")
     p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")

@@ -440,15 +440,15 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | guidance | classifier guidance | negative | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | hands drawn | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | mouth strength | guidance | classifier guidance | negative | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | hands drawn | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + ([combined] if combined else []):
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
         scales = ("per emotion",) * 3 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off", r.get("negative", "null"))
-        knobs = ("–",) * 7 if r["mode"] == "gan" else (
-            r["strength"], *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
+        knobs = ("–",) * 8 if r["mode"] == "gan" else (
+            r["strength"], r.get("mouth_strength") or "off", *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
         )  # fmt: skip
         second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
         hands = "–" if r.get("hands_drawn") is None else f"{r['hands_drawn']:.1%}"
@@ -471,12 +471,13 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(6.5, 4.5))
-    curve_of = lambda r: (r["model"], r["mode"], r["keep_detail"], r["localise"], r.get("classifier_guidance", 0.0), r.get("negative", "null"))  # noqa: E731
+    curve_of = lambda r: (r["model"], r["mode"], r["keep_detail"], r["localise"], r.get("classifier_guidance", 0.0), r.get("negative", "null"), r.get("mouth_strength", 0.0))  # noqa: E731
     for key in dict.fromkeys(curve_of(r) for r in rows):
         curve = [r for r in rows if curve_of(r) == key]
         label = f"{key[0]} / {key[1]}" + (" / keep detail" if key[2] else "") + (f" / localise {key[3]:g}" if key[3] else "")
         label += f" / classifier guidance {key[4]:g}" if key[4] else ""
         label += f" / away from the {key[5]}" if key[5] != "null" else ""
+        label += f" / mouth from {key[6]:g}" if key[6] else ""
         axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
             if r["mode"] != "gan":
@@ -498,6 +499,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "model": model,
         "mode": settings.mode if settings else "gan",
         "strength": settings and settings.strength,
+        "mouth_strength": settings.mouth_strength if settings else 0.0,
         "guidance": settings and settings.guidance,
         "steps": settings and settings.steps,
         "keep_detail": bool(settings and settings.keep_detail),
@@ -525,7 +527,7 @@ def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9
     model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}, "negative":
     {...}}; the second only when a candidate row used classifier guidance, the third only when
     the candidates push away from more than one kind of label)."""
-    keys = ("model", "mode", "strength", "steps", "keep_detail", "localise")
+    keys = ("model", "mode", "strength", "mouth_strength", "steps", "keep_detail", "localise")
     candidates = [r for r in rows if all(r.get(k) == chosen.get(k) for k in keys) and r["guidance"] is not None]
     pushed = any(r.get("classifier_guidance") for r in candidates)
     negatives = len({r.get("negative", "null") for r in candidates}) > 1

@@ -154,6 +154,23 @@ def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
     return blur(grown).clamp(0, 1)
 
 
+# The mouth in a FER-2013 crop, as fractions of its side (dlib's 68 landmarks on 600 Training faces: the
+# lips' centre, median, at (0.496, 0.783); 0.32 wide and 0.14 high): mouth_strength's region, its
+# radii wide enough for the corners' reach and an opening mouth. The deeper strength holds in full
+# within 0.7 of them (in squared normalised distance) and fades to the face's strength by 1.3.
+MOUTH_CENTRE, MOUTH_RADII, MOUTH_FADE = (0.496, 0.783), (0.24, 0.16), (0.7, 1.3)
+
+
+def strength_map(size: int, strength: float, mouth_strength: float) -> torch.Tensor:
+    """(1, 1, size, size): each pixel's edit strength, ``mouth_strength`` over the mouth (MOUTH_CENTRE),
+    ``strength`` elsewhere."""
+    along = (torch.arange(size, dtype=torch.float32) + 0.5) / size
+    ys, xs = torch.meshgrid(along, along, indexing="ij")
+    distance = ((xs - MOUTH_CENTRE[0]) / MOUTH_RADII[0]) ** 2 + ((ys - MOUTH_CENTRE[1]) / MOUTH_RADII[1]) ** 2
+    weight = ((MOUTH_FADE[1] - distance) / (MOUTH_FADE[1] - MOUTH_FADE[0])).clamp(0, 1)
+    return (strength + (mouth_strength - strength) * weight)[None, None]
+
+
 # A face's contrast over FER's typical one is taken within these: a flat face (a portrait's crop is
 # at 0.4 to 0.65) is stretched to the typical contrast, at most 4x; one with more contrast than
 # typical is left at its own. Measured on the reporting faces: compressing those too (limit 4)
@@ -340,7 +357,7 @@ class EmotionEditPipeline(FaceEditor):
         codes = self._codes(seen)
         # x0 clipping steadies generation from noise; decoding an inversion must mirror its unclipped path
         scheduler = self._scheduler(clip_x0=settings.mode != "invert")
-        timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else settings.strength)
+        timesteps = self._timesteps(scheduler, settings.steps, 1.0 if settings.mode == "paper" else max(settings.strength, settings.mouth_strength))
         noise = torch.stack([face_noise(face, seed) for face in faces]).to(self.device)
         source = None
         if settings.mode == "invert" or settings.keep_detail or "source" in kinds:
@@ -353,7 +370,8 @@ class EmotionEditPipeline(FaceEditor):
         elif settings.mode == "sdedit":
             start = scheduler.add_noise(seen, noise, timesteps[:1].repeat(count))
         else:
-            start = self._invert(scheduler, seen, timesteps, source, codes)
+            path = self._invert(scheduler, seen, timesteps, source, codes)
+            start = path[0]
         # what each face is decoded under: (emotion, negative) for its targets, then its own emotion
         # once per kind of negative as the reference of the change (unless a target is already that)
         rows = [list(zip(targets, kinds)) for _ in range(count)]
@@ -370,7 +388,10 @@ class EmotionEditPipeline(FaceEditor):
         if "source" in kinds:
             away = torch.tensor([kind == "source" for row in rows for _, kind in row], device=self.device)
             negatives = torch.where(away, gather(source), torch.full_like(labels, NULL_LABEL))
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives)
+        held = None
+        if settings.mouth_strength:  # the rest of the face keeps to the inversion's path until its own strength
+            held = (strength_map(x0.shape[-1], settings.strength, settings.mouth_strength).to(self.device), [gather(x) for x in path])
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives, held)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
         edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
         if settings.keep_detail:  # each target's reference: the source decode under the target's negative
@@ -452,15 +473,21 @@ class EmotionEditPipeline(FaceEditor):
                 pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
         return torch.cat(pieces)
 
-    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0, negatives=None) -> torch.Tensor:
-        """``guidance`` and ``classifier_guidance``: one scale, or one per row; ``negatives``: as ``_eps``."""
+    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0, negatives=None, held=None) -> torch.Tensor:
+        """``guidance`` and ``classifier_guidance``: one scale, or one per row; ``negatives``: as ``_eps``.
+        ``held``: (each pixel's strength, (1, 1, H, W); x at every timestep of an inversion, one per
+        row): a pixel keeps to that path until the decode reaches its own strength, and is decoded from
+        there (differential diffusion): where the strength is lower the decode starts later."""
         guide = self.guide if torch.is_tensor(classifier_guidance) or classifier_guidance > 0 else None  # loaded and checked once per call
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
             eps = self._eps(x, t, labels, codes, guidance, negatives)
             if guide is not None and t < guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
                 eps = eps - classifier_guidance * sigma * self._guide_gradient(guide, x, t, labels)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
+            if held is not None and i + 1 < len(timesteps):
+                strengths, path = held
+                x = torch.where(strengths * scheduler.config.num_train_timesteps > t, x, path[i + 1])  # stepped from within its strength
         return x.clamp(-1, 1)
 
     def _guide_gradient(self, guide, x, t, labels) -> torch.Tensor:
@@ -473,20 +500,22 @@ class EmotionEditPipeline(FaceEditor):
             chosen = logits.float().log_softmax(-1).gather(1, labels[:, None]).sum()
             return torch.autograd.grad(chosen, x)[0].detach()
 
-    def _invert(self, scheduler, x0, timesteps, labels, codes) -> torch.Tensor:
-        """Deterministic DDIM inversion along exactly the timesteps the decoder will visit, reversed.
+    def _invert(self, scheduler, x0, timesteps, labels, codes) -> list[torch.Tensor]:
+        """Deterministic DDIM inversion along exactly the timesteps the decoder will visit, reversed:
+        x at each of ``timesteps``, in their order (the first is where the decode starts).
 
         Written out (rather than DDIMInverseScheduler) because the path must mirror whichever
         scheduler decodes, truncated at the edit strength.
         """
         alphas = scheduler.alphas_cumprod.to(x0.device)
-        x, alpha_prev = x0, torch.tensor(1.0, device=x0.device)
+        x, alpha_prev, path = x0, torch.tensor(1.0, device=x0.device), []
         for t in timesteps.flip(0):
             eps = self._eps(x, t, labels, codes, guidance=1.0)
             alpha = alphas[int(t)]
             clean = (x - (1 - alpha_prev).sqrt() * eps) / alpha_prev.sqrt()
             x, alpha_prev = alpha.sqrt() * clean + (1 - alpha).sqrt() * eps, alpha
-        return x
+            path.append(x)
+        return path[::-1]
 
 
 def load_editor(directory: str | Path | None = None, *, scheduler: str | None = None, device: str = "auto") -> FaceEditor:

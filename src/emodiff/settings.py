@@ -23,6 +23,12 @@ class EditSettings:
     # keep the decode at three steps, as 0.3 of 10 did.
     strength: float = 0.2
     steps: int = 15
+    # Differential diffusion (Levin & Fried, 2023) in invert mode: the mouth is inverted and decoded
+    # from this deeper strength while the rest of the face starts at ``strength`` (the inversion's own
+    # path is kept there until the decode reaches it). At strength 0.2 a broad smile cannot close: the
+    # decode hides its bright teeth under pale, finger-wide bands (FER-2013's hands) instead. From
+    # deeper, the mouth can be redrawn, and only the mouth pays for it. 0: off.
+    mouth_strength: float = 0.0
     # Classifier-free guidance on the label. None: the model's own per-emotion guidance (stored in its
     # directory, pipeline.EDIT_DEFAULTS) where it has one, else DEFAULT_GUIDANCE for every emotion.
     guidance: float | None = None
@@ -71,6 +77,9 @@ class EditSettings:
             raise ValueError("keep_detail needs a mode that starts from the input (invert or sdedit), not paper")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength {self.strength} is outside (0, 1]")
+        if self.mouth_strength and not (self.mode == "invert" and self.strength < self.mouth_strength <= 1.0):
+            raise ValueError(f"mouth_strength {self.mouth_strength}: expected 0 (off), or with --mode invert a strength above "
+                             f"--strength ({self.strength}) and at most 1")  # fmt: skip
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
         if self.localise < 0 or (self.localise and not self.keep_detail):

@@ -116,7 +116,8 @@ def describe(settings: EditSettings) -> str:
     detail = ", input detail kept" if settings.keep_detail else ""
     detail += f", change localised ({settings.localise:g} grey levels)" if settings.localise else ""
     detail += f", classifier guidance {settings.classifier_guidance:g}" if settings.classifier_guidance else ""
-    return f"{settings.mode} to {settings.strength:g}·T, {settings.steps} steps, {guidance}{detail}"
+    mouth = f" (the mouth from {settings.mouth_strength:g}·T)" if settings.mouth_strength else ""
+    return f"{settings.mode} to {settings.strength:g}·T{mouth}, {settings.steps} steps, {guidance}{detail}"
 
 
 def _check(config: Table1Config) -> None:
