@@ -155,6 +155,18 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     assert "| per emotion | per emotion |" in (out / "sweep.md").read_text()
 
 
+def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, fer_csv, tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    grid = ["--modes", "invert", "--strengths", "0.3,0.6", "--mouth-strengths", "0,0.5", "--guidances", "2", "--steps", "4", "--keep-detail", "on"]
+    assert main([*args, *grid]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert sorted((r["strength"], r["mouth_strength"]) for r in rows) == [(0.3, 0.0), (0.3, 0.5), (0.6, 0.0)]  # 0.5 is no deeper than 0.6
+    assert "| mouth strength |" in (out / "sweep.md").read_text() and "| 0.3 | 0.5 |" in (out / "sweep.md").read_text()
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

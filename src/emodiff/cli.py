@@ -385,9 +385,8 @@ def _cmd_sweep(args) -> int:
     for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
-                for localise, pushed, negative, mouth in itertools.product(
-                    args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, args.mouth_strengths if mode == "invert" else (0.0,)
-                ):
+                mouths = dict.fromkeys(m if m > strength else 0.0 for m in args.mouth_strengths) if mode == "invert" else (0.0,)
+                for localise, pushed, negative, mouth in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, mouths):
                     grid.append(EditSettings(mode=mode, strength=strength, mouth_strength=mouth, steps=steps, guidance=guidance, keep_detail=keep_detail,
                                              localise=localise, classifier_guidance=pushed, negative=negative))  # fmt: skip
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
@@ -710,7 +709,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--modes", type=lambda t: tuple(t.split(",")), default=("invert",), help="comma-separated modes (default: invert)")
     p.add_argument("--strengths", type=_float_list, default=(0.4, 0.5, 0.6), help="comma-separated strengths (default: 0.4,0.5,0.6)")
     p.add_argument("--guidances", type=_float_list, default=(5.0, 7.0, 9.0), help="comma-separated guidance scales (default: 5,7,9)")
-    p.add_argument("--mouth-strengths", type=_float_list, default=(0.0,), help="comma-separated --mouth-strength values, used in invert mode (default: 0 = off)")
+    p.add_argument("--mouth-strengths", type=_float_list, default=(0.0,), help="comma-separated --mouth-strength values, used in invert mode; "
+                   "one not above a strength gives that strength's plain edit (default: 0 = off)")  # fmt: skip
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
     p.add_argument("--negatives", type=lambda t: tuple(t.split(",")), default=("null",), help="comma-separated --negative choices (default: null)")
     p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")
