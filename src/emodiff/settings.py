@@ -77,9 +77,12 @@ class EditSettings:
             raise ValueError("keep_detail needs a mode that starts from the input (invert or sdedit), not paper")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength {self.strength} is outside (0, 1]")
-        if self.mouth_strength and not (self.mode == "invert" and self.strength < self.mouth_strength <= 1.0):
-            raise ValueError(f"mouth_strength {self.mouth_strength}: expected 0 (off), or with --mode invert a strength above "
-                             f"--strength ({self.strength}) and at most 1")  # fmt: skip
+        if self.mouth_strength and self.mode != "invert":
+            raise ValueError(f"mouth_strength {self.mouth_strength}: the mouth is decoded from deeper along an inversion, "
+                             f"so it needs mode invert, not {self.mode}")  # fmt: skip
+        if self.mouth_strength and not self.strength < self.mouth_strength <= 1.0:
+            raise ValueError(f"mouth_strength {self.mouth_strength}: expected 0 (off), or a strength above the face's "
+                             f"({self.strength}) and at most 1")  # fmt: skip
         if self.steps <= 0:
             raise ValueError(f"steps must be a positive number of denoising steps, got {self.steps}")
         if self.localise < 0 or (self.localise and not self.keep_detail):
