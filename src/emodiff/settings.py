@@ -25,9 +25,10 @@ class EditSettings:
     steps: int = 15
     # Differential diffusion (Levin & Fried, 2023) in invert mode: the mouth is inverted and decoded
     # from this deeper strength while the rest of the face starts at ``strength`` (the inversion's own
-    # path is kept there until the decode reaches it). At strength 0.2 a broad smile cannot close: the
-    # decode hides its bright teeth under pale, finger-wide bands (FER-2013's hands) instead. From
-    # deeper, the mouth can be redrawn, and only the mouth pays for it. 0: off.
+    # path is kept there until the decode reaches it). At strength 0.2 a broad smile does not close:
+    # the decode covers its teeth with pale, finger-wide bands (FER-2013's hands) instead. From 0.6 the
+    # mouth is redrawn; measured, it keeps the person less on FER's faces, reads less on photos and
+    # takes 2.8x the time (README "Redrawing the mouth from deeper"), so it is off by default. 0: off.
     mouth_strength: float = 0.0
     # Classifier-free guidance on the label. None: the model's own per-emotion guidance (stored in its
     # directory, pipeline.EDIT_DEFAULTS) where it has one, else DEFAULT_GUIDANCE for every emotion.
