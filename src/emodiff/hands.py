@@ -84,31 +84,38 @@ def encoder_features(encoder: torch.nn.Module, images: torch.Tensor, batch_size:
     return np.concatenate(chunks)
 
 
-def load_labels(path: str | os.PathLike = LABELS) -> dict[int, int]:
-    """{Training position: 1 hand, 0 none}; a clear error for a malformed file."""
-    path = Path(path)
+def _read_labels(path: Path) -> tuple[dict[int, int], dict]:
+    """The labels file's {Training position: 1 hand, 0 none} and its whole content; a clear error for a malformed file."""
     try:
-        marked = json.loads(path.read_text())["labels"]
-        labels = {int(position): int(hand) for position, hand in marked.items()}
+        content = json.loads(path.read_text())
+        labels = {int(position): int(hand) for position, hand in content["labels"].items()}
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise ValueError(f"{path}: not a hand-labels file (expected JSON {{\"labels\": {{position: 0 or 1}}}}; {error})") from None
     if not labels or set(labels.values()) - {0, 1}:
         raise ValueError(f"{path}: expected labels 0 (no hand) or 1 (hand) for at least one face")
-    return labels
+    return labels, content
+
+
+def load_labels(path: str | os.PathLike = LABELS) -> dict[int, int]:
+    """{Training position: 1 hand, 0 none}; a clear error for a malformed file."""
+    return _read_labels(Path(path))[0]
 
 
 def checked_labels(train: FaceSet, path: str | os.PathLike = LABELS) -> dict[int, int]:
     """The shipped labels (``load_labels``), refused for a Training split they do not describe: too
     short, or in another order (the image-folder release), where position n is another face."""
     path = Path(path)
-    labels = load_labels(path)
-    marked = json.loads(path.read_text())
-    positions = np.array(sorted(int(position) for position in marked["labels"]))
+    labels, content = _read_labels(path)
+    positions = np.array(sorted(labels))
     if positions.max() >= len(train):
         raise ValueError(f"{path} marks Training face {positions.max()}, but the data has {len(train)} Training faces: "
                          "the labels belong to the full FER-2013 Training split")  # fmt: skip
+    face_means = np.asarray(content.get("face_means", []), dtype=np.float64)
+    if face_means.shape != positions.shape:
+        raise ValueError(f"{path}: expected \"face_means\", one mean grey level per labelled face ({len(positions)}), "
+                         "to recognise the Training split the labels belong to")  # fmt: skip
     means = train.images[positions].reshape(len(positions), -1).mean(1)
-    if np.abs(means - np.asarray(marked["face_means"])).mean() > 1.0:  # a JPEG mosaic of the same faces differs by ~0.1
+    if np.abs(means - face_means).mean() > 1.0:  # a JPEG mosaic of the same faces differs by ~0.1
         raise ValueError(f"{path}: the data's Training faces are not the labelled ones at the same positions: the labels "
                          "follow the Kaggle CSV's Training rows in file order (the CSV, or a pack-data mosaic of it)")  # fmt: skip
     return labels
