@@ -1,0 +1,49 @@
+"""A model soup: a model directory whose denoiser weights are the weighted mean of two fine-tunes of
+one model (WiSE-FT, Wortsman et al., 2022) — e.g. the shipped model and a fine-tune started from
+it, which can keep what each does well without another training run.
+
+    python tools/average_models.py A B --out SOUP [--weight-of-b 0.5]
+
+SOUP is a copy of A's directory (scheduler, training config, edit defaults) with the averaged
+denoiser, saved in float32; A and B must share the denoiser's architecture.
+"""
+
+import argparse
+import shutil
+from pathlib import Path
+
+import torch
+
+from emodiff.denoiser import EmotionDenoiser
+from emodiff.files import save_model_dir
+
+RUN_ONLY = ("checkpoint.safetensors", "samples")  # a run's resumable state is not part of a model
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("a", type=Path, help="model directory whose other files the soup keeps")
+    parser.add_argument("b", type=Path, help="model directory to average with it")
+    parser.add_argument("--out", type=Path, required=True, help="the soup's model directory (must not exist)")
+    parser.add_argument("--weight-of-b", type=float, default=0.5, help="B's share of every weight, 0..1 (default: 0.5)")
+    args = parser.parse_args(argv)
+    if not 0 <= args.weight_of_b <= 1:
+        parser.error(f"--weight-of-b must be in 0..1, got {args.weight_of_b}")
+    if args.out.exists():
+        parser.error(f"{args.out} exists: give a new directory")
+    a = EmotionDenoiser.from_pretrained(args.a / "denoiser", torch_dtype=torch.float32)
+    b = EmotionDenoiser.from_pretrained(args.b / "denoiser", torch_dtype=torch.float32)
+    weights_b = b.state_dict()
+    if {k: v.shape for k, v in a.state_dict().items()} != {k: v.shape for k, v in weights_b.items()}:
+        parser.error(f"{args.a} and {args.b} have different denoiser architectures: they cannot be averaged")
+    a.load_state_dict({k: v * (1 - args.weight_of_b) + weights_b[k] * args.weight_of_b for k, v in a.state_dict().items()})
+    temp = args.out.with_name(f".{args.out.name}.tmp")
+    shutil.rmtree(temp, ignore_errors=True)
+    shutil.copytree(args.a, temp, ignore=shutil.ignore_patterns(*RUN_ONLY))
+    save_model_dir(a, temp / "denoiser")
+    temp.rename(args.out)
+    print(f"{args.out}: {1 - args.weight_of_b:g} x {args.a} + {args.weight_of_b:g} x {args.b}")
+
+
+if __name__ == "__main__":
+    main()
