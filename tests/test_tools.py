@@ -94,3 +94,33 @@ def test_per_emotion_over_sweeps_chooses_each_emotions_settings_across_sweeps_ru
     chosen = json.loads(out.read_text())
     assert chosen["guidance"]["surprise"] == 5.0 and chosen["negative"]["surprise"] == "source"
     assert chosen["guidance"]["angry"] == 9.0 and chosen["negative"]["angry"] == "null"  # a tie: the first sweep's first row
+
+
+def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_other_architectures(tmp_path):
+    import torch
+
+    from emodiff.denoiser import EmotionDenoiser
+
+    from .conftest import tiny_pipeline
+
+    tool = Path(__file__).resolve().parents[1] / "tools" / "average_models.py"
+    a, b = tmp_path / "a", tmp_path / "b"
+    tiny_pipeline("label", seed=0).save_pretrained(a)
+    tiny_pipeline("label", seed=1).save_pretrained(b)
+    (a / "edit_defaults.json").write_text('{"guidance": {"happy": 5.0}}')
+    (a / "checkpoint.safetensors").write_bytes(b"a run's resumable state")
+    soup = tmp_path / "soup"
+    subprocess.run([sys.executable, str(tool), str(a), str(b), "--out", str(soup), "--weight-of-b", "0.25"], check=True, capture_output=True)
+
+    weights = {name: EmotionDenoiser.from_pretrained(path / "denoiser").state_dict() for name, path in (("a", a), ("b", b), ("soup", soup))}
+    for key, value in weights["soup"].items():
+        torch.testing.assert_close(value, 0.75 * weights["a"][key] + 0.25 * weights["b"][key])
+    assert any(not torch.equal(weights["soup"][k], weights["a"][k]) and not torch.equal(weights["soup"][k], weights["b"][k]) for k in weights["a"])
+    assert (soup / "edit_defaults.json").read_text() == '{"guidance": {"happy": 5.0}}'  # A's other files come along
+    assert not (soup / "checkpoint.safetensors").exists()
+
+    wider = tmp_path / "wider"
+    EmotionDenoiser(cond="label", block_out_channels=(32, 32), layers_per_block=1, attention_levels=(False, False)).save_pretrained(wider / "denoiser")
+    refused = subprocess.run([sys.executable, str(tool), str(a), str(wider), "--out", str(tmp_path / "no")], capture_output=True, text=True)
+    assert refused.returncode == 2 and "different denoiser architectures" in refused.stderr
+    assert not (tmp_path / "no").exists()
