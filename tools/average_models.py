@@ -39,9 +39,13 @@ def main(argv: list[str] | None = None) -> None:
     a.load_state_dict({k: v * (1 - args.weight_of_b) + weights_b[k] * args.weight_of_b for k, v in a.state_dict().items()})
     temp = args.out.with_name(f".{args.out.name}.tmp")
     shutil.rmtree(temp, ignore_errors=True)
-    shutil.copytree(args.a, temp, ignore=shutil.ignore_patterns(*RUN_ONLY))
-    save_model_dir(a, temp / "denoiser")
-    temp.rename(args.out)
+    try:  # built beside OUT and renamed: a failed or killed run leaves no half-written model directory
+        shutil.copytree(args.a, temp, ignore=shutil.ignore_patterns(*RUN_ONLY))
+        save_model_dir(a, temp / "denoiser")
+        temp.rename(args.out)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
     print(f"{args.out}: {1 - args.weight_of_b:g} x {args.a} + {args.weight_of_b:g} x {args.b}")
 
 
