@@ -202,6 +202,10 @@ def test_scales_per_emotion_are_chosen_by_the_rule_at_the_chosen_setting_only():
     away = {**row(5.0, happy=(0.95, 0.96)), "negative": "source"}  # away from the source, happy reads better and keeps the person
     mixed = choose_per_emotion([*rows, away], rows[1])
     assert mixed["negative"] == {**{name: "null" for name in EMOTIONS}, "happy": "source"} and mixed["guidance"]["happy"] == 5.0
+    newer = {**row(5.0, happy=(0.96, 0.97)), "negative": "happy", "mouth_strength": 0.0}  # a row of a sweep that records the mouth's strength
+    assert choose_per_emotion([*rows, away, newer], rows[1])["negative"]["happy"] == "happy"  # the older rows lack it: the same setting
+    deeper = {**newer, "mouth_strength": 0.4}
+    assert choose_per_emotion([*rows, away, deeper], rows[1])["negative"]["happy"] == "source"
 
 
 def test_the_per_emotion_scales_are_kept_only_where_their_own_edits_beat_the_chosen_setting():

@@ -527,8 +527,9 @@ def choose_per_emotion(rows: list[dict], chosen: dict, min_identity: float = 0.9
     model's ``edit_defaults.json`` ({"guidance": {...}, "classifier_guidance": {...}, "negative":
     {...}}; the second only when a candidate row used classifier guidance, the third only when
     the candidates push away from more than one kind of label)."""
-    keys = ("model", "mode", "strength", "mouth_strength", "steps", "keep_detail", "localise")
-    candidates = [r for r in rows if all(r.get(k) == chosen.get(k) for k in keys) and r["guidance"] is not None]
+    # a setting a row does not record is its default then: sweeps written before --mouth-strength lack it
+    keys = {"model": None, "mode": None, "strength": None, "mouth_strength": 0.0, "steps": None, "keep_detail": None, "localise": 0.0}
+    candidates = [r for r in rows if all(r.get(k, absent) == chosen.get(k, absent) for k, absent in keys.items()) and r["guidance"] is not None]
     pushed = any(r.get("classifier_guidance") for r in candidates)
     negatives = len({r.get("negative", "null") for r in candidates}) > 1
     by_emotion: dict[str, dict] = {"guidance": {}, **({"classifier_guidance": {}} if pushed else {}), **({"negative": {}} if negatives else {})}
