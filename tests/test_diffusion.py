@@ -93,6 +93,23 @@ def test_away_from_the_source_its_own_decode_is_the_unguided_one_and_other_targe
     assert np.abs(away[0, 0].astype(int) - toward[0, 0]).mean() > 1  # ... and not as guidance from null pushes it
 
 
+def test_guidance_away_from_a_named_emotion_pushes_from_its_prediction_for_every_face():
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    x, source = faces(2, seed=5), [0, 4]  # the first face is angry already
+    plain = dict(strength=0.6, steps=5, keep_detail=False)
+    named = pipe.edit_faces(x, [1], EditSettings(**plain, guidance=6.0, negative="angry"), source_labels=source, seed=1)
+    away = pipe.edit_faces(x, [1], EditSettings(**plain, guidance=6.0, negative="source"), source_labels=source, seed=1)
+    null = pipe.edit_faces(x, [1], EditSettings(**plain, guidance=6.0), source_labels=source, seed=1)
+    np.testing.assert_allclose(named[0], away[0], atol=1)  # for an angry face, away from angry is away from its own emotion
+    assert np.abs(named[1].astype(int) - away[1]).mean() > 1 and np.abs(named[1].astype(int) - null[1]).mean() > 1
+    # with keep detail the change is taken over the source decoded away from the same emotion: to its own emotion, no change
+    kept = EditSettings(strength=0.6, steps=5, guidance=6.0, negative="angry", normalise=False)
+    own = pipe.edit_faces(x, [0, 4, 1], kept, source_labels=source, seed=1)
+    np.testing.assert_array_equal(own[1, 1], x[1])
+    assert np.abs(own[1, 2].astype(int) - x[1]).mean() > 1
+
+
 @pytest.mark.parametrize("mode", ["paper", "sdedit", "invert"])
 def test_same_seed_same_edits(mode):
     pipe = tiny_pipeline("vae")
@@ -344,7 +361,7 @@ def test_keep_detail_defaults_on_for_invert_only():
 
 @pytest.mark.parametrize(
     "overrides, message",
-    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper"), ({"mode": "paper", "keep_detail": True}, "starts from the input"), ({"negative": "sad"}, "null, source")],
+    [({"strength": 0.0}, "outside"), ({"strength": 1.5}, "outside"), ({"steps": 0}, "positive"), ({"mode": "x"}, "paper"), ({"mode": "paper", "keep_detail": True}, "starts from the input"), ({"negative": "calm"}, "null, source, angry")],
 )
 def test_bad_edit_settings_are_refused(overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -473,7 +490,7 @@ def test_a_per_emotion_negative_loads_from_the_model_directory_and_negative_over
     null = loaded.edit_faces(face, [3], dataclasses.replace(kept, negative="null"), source_labels=[6], seed=1)
     assert np.abs(own[:, 0].astype(int) - away[:, 0]).max() <= 1 and np.abs(own[:, 1].astype(int) - null[:, 0]).max() <= 1
 
-    (directory / EDIT_DEFAULTS).write_text(json.dumps({"negative": {"angry": "happy"}}))
+    (directory / EDIT_DEFAULTS).write_text(json.dumps({"negative": {"angry": "calm"}}))
     with pytest.raises(ModelLoadError, match="negative must be one of null, source"):
         EmotionEditPipeline.from_pretrained(directory, device="cpu")
 

@@ -128,8 +128,8 @@ def _edit(p):
                    f"from this many; faint changes away from mouth, eyes and brows cost identity (default: {defaults.localise:g} = off)")  # fmt: skip
     p.add_argument("--negative", default=defaults.negative, choices=NEGATIVES, help="what --guidance pushes away from: null "
                    "(no emotion, standard classifier-free guidance) or source (the face's own emotion, a negative prompt: "
-                   "the push is then the change of emotion alone) (default: the model's own per target emotion where it has "
-                   "them, else null)")  # fmt: skip
+                   "the push is then the change of emotion alone) or an emotion (what tells the target from it) (default: the "
+                   "model's own per target emotion where it has them, else null)")  # fmt: skip
     p.add_argument("--classifier-guidance", type=float, default=None, help="scale of classifier guidance: each decoding step "
                    "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
                    "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .labels import EMOTIONS
+
 MODES = ("paper", "sdedit", "invert")
 SAMPLERS = ("ddim", "dpm", "ddpm")  # diffusers' DDIM, DPM-Solver++ (multistep) and DDPM schedulers
 DEFAULT_GUIDANCE = 7.0
-NEGATIVES = ("null", "source")  # what classifier-free guidance pushes away from: no emotion, or the face's own
+# What classifier-free guidance pushes away from: no emotion, the face's own, or a named emotion
+# (EditSettings.negative).
+NEGATIVES = ("null", "source", *EMOTIONS)
 BLENDS = ("landmarks", "guided", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
 
 
@@ -28,7 +32,8 @@ class EditSettings:
     # path is kept there until the decode reaches it). At strength 0.2 a broad smile does not close:
     # the decode covers its teeth with pale, finger-wide bands (FER-2013's hands) instead. From 0.6 the
     # mouth is redrawn; measured, it keeps the person less on FER's faces, reads less on photos and
-    # takes 2.8x the time (README "Redrawing the mouth from deeper"), so it is off by default. 0: off.
+    # takes 2.8x the time (docs/photo_experiments.md, "Redrawing the mouth from deeper"), so it is
+    # off by default. 0: off.
     mouth_strength: float = 0.0
     # Classifier-free guidance on the label. None: the model's own per-emotion guidance (stored in its
     # directory, pipeline.EDIT_DEFAULTS) where it has one, else DEFAULT_GUIDANCE for every emotion.
@@ -37,8 +42,11 @@ class EditSettings:
     # eps_null), the standard) or "source" (the face's own emotion: eps_source + g·(eps_target -
     # eps_source), a negative prompt). Away from the source, the push is the change of emotion alone,
     # without the pull toward a typical FER face that eps_target - eps_null also carries; and the
-    # decode under the source emotion is then the unguided one that mirrors the inversion. None: the
-    # model's own per target emotion (pipeline.EDIT_DEFAULTS) where it has them, else "null".
+    # decode under the source emotion is then the unguided one that mirrors the inversion. Or an
+    # emotion's name: the push is then what tells the target from that emotion (measured for the
+    # emotions the judge mistakes targets for, angry and sad: no better than null or source,
+    # docs/levers.md, "Named negatives"). None: the model's own per target emotion (pipeline.EDIT_DEFAULTS)
+    # where it has them, else "null".
     negative: str | None = None
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
