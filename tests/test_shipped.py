@@ -202,7 +202,7 @@ def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_f
 
     pipe = EmotionEditPipeline.from_pretrained(device="cpu")
     pushed = pipe.edit_defaults["classifier_guidance"]
-    assert pushed["fear"] > pushed["disgust"] > 0  # chosen per emotion (README: classifier guidance)
+    assert pushed["fear"] > pushed["disgust"] > 0  # chosen per emotion (README: "Today's defaults")
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()[:2]])
     fear = EMOTIONS.index("fear")
     own = pipe.edit_faces(faces, [fear], source_labels=[6, 6])  # the guide is first loaded here, under inference mode

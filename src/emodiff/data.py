@@ -333,7 +333,8 @@ def draw_fingers(images: torch.Tensor, generator: torch.Generator, fraction: flo
     finger-wide (2 or 3 pixels, 1 or 2 apart), 8 to 20 pixels long, at one random grey, anywhere in
     the lower two thirds: the hands that FER-2013's fear and surprise faces hold at the mouth, drawn
     on faces of every emotion, so a classifier trained on them stops reading a hand as an emotion (a
-    guide that does draws hands over smiling mouths, README "The pale streaks are hands")."""
+    guide that does draws hands over smiling mouths: docs/photo_experiments.md, "The pale streaks
+    are hands")."""
     batch, _, height, width = images.shape
     draws = torch.rand(batch, 8, generator=generator)  # per face: whether, count, width, gap, length, grey, x, y
     drawn = images.clone()

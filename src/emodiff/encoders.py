@@ -247,7 +247,7 @@ class NoisyEmotionClassifier(EmotionClassifier):
     classifier's gradient is partly an adversarial pattern, which raises the target's probability
     without changing what a person reads; a robust one's gradient has to change the features. Here
     it did become smooth and face-shaped, but as a guide it bought less emotion per point of
-    identity, by both judges, than the plain one (README, "A robust guide"): the shipped guide is plain.
+    identity, by both judges, than the plain one (docs/levers.md, "A robust guide"): the shipped guide is plain.
     """
 
     @register_to_config
