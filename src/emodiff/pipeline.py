@@ -385,10 +385,12 @@ class EmotionEditPipeline(FaceEditor):
         guidance = self._per_emotion("guidance", settings.guidance, labels)
         push = self._per_emotion("classifier_guidance", settings.classifier_guidance, labels)
         negatives = None  # the null label for every row
-        if set(kinds) != {"null"}:
-            named = torch.tensor([NULL_LABEL if kind in ("null", "source") else parse_emotion(kind) for row in rows for _, kind in row], device=self.device)
-            away = torch.tensor([kind == "source" for row in rows for _, kind in row], device=self.device)
-            negatives = named if source is None else torch.where(away, gather(source), named)
+        if set(kinds) != {"null"}:  # a named emotion's label, the face's own (below), else null
+            per_row = [kind for row in rows for _, kind in row]
+            negatives = torch.tensor([NULL_LABEL if kind in ("null", "source") else parse_emotion(kind) for kind in per_row], device=self.device)
+            if "source" in kinds:
+                away = torch.tensor([kind == "source" for kind in per_row], device=self.device)
+                negatives = torch.where(away, gather(source), negatives)
         held = None
         if settings.mouth_strength:  # the rest of the face keeps to the inversion's path until its own strength
             held = (strength_map(x0.shape[-1], settings.strength, settings.mouth_strength).to(self.device), [gather(x) for x in path])

@@ -45,8 +45,8 @@ class EditSettings:
     # decode under the source emotion is then the unguided one that mirrors the inversion. Or an
     # emotion's name: the push is then what tells the target from that emotion (measured for the
     # emotions the judge mistakes targets for, angry and sad: no better than null or source,
-    # docs/levers.md, "Named negatives"). None: the model's own per target emotion (pipeline.EDIT_DEFAULTS)
-    # where it has them, else "null".
+    # docs/levers.md, "Named negatives"). None: the model's own per target emotion
+    # (pipeline.EDIT_DEFAULTS) where it has them, else "null".
     negative: str | None = None
     # Add only the edit's change to the input: (decode under the target) - (decode under the source
     # emotion, from the same start). What the model cannot reconstruct at 48x48 (texture, fine
