@@ -97,6 +97,8 @@ def test_per_emotion_over_sweeps_chooses_each_emotions_settings_across_sweeps_ru
 
 
 def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_other_architectures(tmp_path):
+    import json
+
     import torch
 
     from emodiff.denoiser import EmotionDenoiser
@@ -109,6 +111,7 @@ def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_ot
     tiny_pipeline("label", seed=1).save_pretrained(b)
     (a / "edit_defaults.json").write_text('{"guidance": {"happy": 5.0}}')
     (a / "checkpoint.safetensors").write_bytes(b"a run's resumable state")
+    (a / "metrics.csv").write_text("images,loss\n64,0.5\n")
     soup = tmp_path / "soup"
     subprocess.run([sys.executable, str(tool), str(a), str(b), "--out", str(soup), "--weight-of-b", "0.25"], check=True, capture_output=True)
 
@@ -116,7 +119,8 @@ def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_ot
     for key, value in weights["soup"].items():
         torch.testing.assert_close(value, 0.75 * weights["a"][key] + 0.25 * weights["b"][key])
     assert any(not torch.equal(weights["soup"][k], weights["a"][k]) and not torch.equal(weights["soup"][k], weights["b"][k]) for k in weights["a"])
-    assert (soup / "edit_defaults.json").read_text() == '{"guidance": {"happy": 5.0}}'  # A's other files come along
+    assert json.loads((soup / "edit_defaults.json").read_text()) == {"guidance": {"happy": 5.0}}  # A's other parts come along
+    assert (soup / "metrics.csv").read_text() == (a / "metrics.csv").read_text()
     assert not (soup / "checkpoint.safetensors").exists()
 
     wider = tmp_path / "wider"

@@ -327,10 +327,8 @@ def _cmd_test_encoder(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    import shutil
-
     from .files import save_model_dir
-    from .runs import METRICS, TRAINING_CONFIG
+    from .runs import copy_training_records
 
     source, out = Path(args.model), Path(args.out)
     if (source / "denoiser").is_dir() or (source / "generator").is_dir():
@@ -341,9 +339,7 @@ def _cmd_export(args) -> int:
         from .encoders import load_encoder
 
         save_model_dir(load_encoder(source), out, fp16=args.fp16)
-    for record in (METRICS, TRAINING_CONFIG):  # how the model was trained travels with it
-        if (source / record).is_file():
-            shutil.copyfile(source / record, out / record)
+    copy_training_records(source, out)
     print(f"exported {source} to {args.out}{' in fp16' if args.fp16 else ''}")
     return 0
 

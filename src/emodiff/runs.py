@@ -32,6 +32,13 @@ METRICS = "metrics.csv"
 TRAINING_CONFIG = "training_config.json"
 
 
+def copy_training_records(source: Path, out: Path) -> None:
+    """How a model was trained travels with it (its metrics and training config), never its checkpoint."""
+    for record in (METRICS, TRAINING_CONFIG):
+        if (Path(source) / record).is_file():
+            shutil.copyfile(Path(source) / record, Path(out) / record)
+
+
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
     """The seed of one training step on one process: resumable without storing RNG state."""
     return (seed * 1_000_003 + step * 9_176 + rank * 7_919) % (2**63)
