@@ -128,3 +128,27 @@ def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_ot
     refused = subprocess.run([sys.executable, str(tool), str(a), str(wider), "--out", str(tmp_path / "no")], capture_output=True, text=True)
     assert refused.returncode == 2 and "different denoiser architectures" in refused.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_guidance_rescale_brings_the_guided_prediction_to_the_conditional_spread_by_phi():
+    import importlib.util
+
+    import torch
+
+    from .conftest import tiny_pipeline
+
+    spec = importlib.util.spec_from_file_location("guidance_rescale", Path(__file__).resolve().parents[1] / "tools" / "guidance_rescale.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    x, labels = torch.randn(2, 1, 48, 48), torch.tensor([3, 5])
+    with torch.no_grad():
+        conditional, guided = pipe._eps(x, 400, labels, None, 1.0), pipe._eps(x, 400, labels, None, 9.0)
+        full, half, none = (tool.rescaled(pipe._eps, phi)(x, 400, labels, None, 9.0) for phi in (1.0, 0.5, 0.0))
+        unguided = tool.rescaled(pipe._eps, 1.0)(x, 400, labels, None, 1.0)
+    assert not torch.allclose(guided.std(dim=(1, 2, 3)), conditional.std(dim=(1, 2, 3)), rtol=0.05)  # guidance widened it
+    torch.testing.assert_close(full.std(dim=(1, 2, 3)), conditional.std(dim=(1, 2, 3)))
+    torch.testing.assert_close(half, 0.5 * full + 0.5 * guided)
+    torch.testing.assert_close(none, guided)
+    torch.testing.assert_close(unguided, conditional)

@@ -1,0 +1,66 @@
+"""Guidance rescale (Lin et al., 2024), measured on an `emodiff evaluate` set without adding it to
+the package: each decoding step's guided noise prediction is brought back to the conditional
+prediction's standard deviation and mixed in at ``phi``, the usual remedy for over-guided samples.
+Measured and not kept (docs/levers.md, "Guidance rescale").
+
+    python tools/guidance_rescale.py --phi 0.7 [--guidance-times 1.3] [--model DIR] \\
+        --data fer2013.csv --faces tuning --per-class 10 --out OUT
+
+``--guidance-times`` multiplies the model's per-emotion guidance scales; everything else is the
+model's edit defaults, as `emodiff evaluate` uses them.
+"""
+
+import argparse
+import types
+from pathlib import Path
+
+import torch
+
+from emodiff.evaluation import load_evaluation_inputs, write_report
+from emodiff.pipeline import EmotionEditPipeline
+from emodiff.settings import EditSettings
+
+
+def rescaled(eps, phi: float):
+    """``eps`` (a pipeline's bound ``_eps``) with each guided prediction rescaled toward the
+    conditional one's standard deviation by ``phi`` (0: unchanged)."""
+
+    def guided_eps(x, t, labels, codes, guidance, negatives=None):
+        guided = eps(x, t, labels, codes, guidance, negatives)
+        if phi == 0 or (not torch.is_tensor(guidance) and guidance == 1.0):
+            return guided
+        conditional = eps(x, t, labels, codes, 1.0)
+        dims = tuple(range(1, guided.ndim))
+        matched = guided * conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
+        return phi * matched + (1 - phi) * guided
+
+    return guided_eps
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--phi", type=float, required=True, help="share of the rescaled prediction, 0..1")
+    parser.add_argument("--guidance-times", type=float, default=1.0, help="factor on every per-emotion guidance scale (default: 1)")
+    parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    parser.add_argument("--data", required=True, help="the FER-2013 CSV")
+    parser.add_argument("--faces", choices=("tuning", "reporting", "all"), default="tuning")
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    if not 0 <= args.phi <= 1:
+        parser.error(f"--phi must be in 0..1, got {args.phi}")
+    pipe = EmotionEditPipeline.from_pretrained(args.model)
+    scales = pipe.edit_defaults.get("guidance", {})
+    pipe = pipe.with_edit_defaults({**pipe.edit_defaults, "guidance": {k: v * args.guidance_times for k, v in scales.items()}})
+    pipe._eps = rescaled(pipe._eps, args.phi)
+    setup = load_evaluation_inputs(args.data, "PublicTest", args.per_class, part=args.faces)
+    settings = EditSettings()
+    evaluation = setup.evaluate(lambda faces, targets: pipe.edit_faces(faces, targets, settings), pipe.device)
+    write_report(evaluation, args.out, f"Guidance rescale {args.phi:g}, guidance x{args.guidance_times:g}")
+    m = evaluation.metrics
+    print(f"macro F1 {m['emotion']['macro_f1']:.3f}; second judge {m['second_judge']['emotion']['macro_f1']:.3f}; "
+          f"identity kept {m['identity']['kept_fraction']:.0%}; report in {args.out}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
