@@ -84,6 +84,11 @@ def test_do_nothing_editor_keeps_identity_but_scores_chance_emotion(identity, re
     report = (tmp_path / "report.md").read_text()
     assert "| **all** |" in report and "100%" in report
     assert json.loads((tmp_path / "metrics.json").read_text())["edits"] == 98
+    # every edit recorded for emodiff compare, and intervals that hold the estimate
+    assert len((tmp_path / "edits.csv").read_text().splitlines()) == 1 + 98
+    low, high = m["intervals"]["macro_f1"]
+    assert low <= m["emotion"]["macro_f1"] <= high and m["intervals"]["identity_kept"] == [1.0, 1.0]
+    assert "95% intervals, from 2000 resamples of the 14 input faces" in report
     assert (tmp_path / "grid.png").exists() and (tmp_path / "confusion.png").exists()
     assert not list(tmp_path.glob("*.tmp"))
 
@@ -224,3 +229,120 @@ def test_the_per_emotion_scales_are_kept_only_where_their_own_edits_beat_the_cho
     # without classifier guidance in the sweep, none is written for it
     plain = choose_edit_defaults({**chosen, "classifier_guidance": 0.0}, {"guidance": per_emotion["guidance"]}, worse)[0]
     assert plain == {"guidance": {name: 9.0 for name in EMOTIONS}}
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def _records(judged, distances=None, keys=None, second=None):
+    from emodiff.evaluation import EditRecords
+
+    judged = np.asarray(judged)
+    count = len(judged)
+    return EditRecords(
+        keys or [f"face{i}" for i in range(count)], np.arange(count) % 7, judged, second,
+        np.full(judged.shape, 0.3) if distances is None else np.asarray(distances),
+    )  # fmt: skip
+
+
+def test_resampled_f1_is_scikit_learns_on_the_drawn_faces():
+    """The bootstrap scores a draw by face counts; that must be F1 of the draw's edits, repeats and all."""
+    from emodiff.evaluation import _f1_terms, _macro_f1
+
+    rng = np.random.default_rng(1)
+    judged = rng.integers(0, 7, (30, 7))
+    judged[:12] = np.arange(7)  # some faces read right everywhere
+    judged[12:15, 1] = 3  # and an emotion nobody reads for a few
+    drawn = rng.integers(0, 30, 30)
+    weights = np.bincount(drawn, minlength=30)[None].astype(float)
+    macro, per_emotion = _macro_f1(weights, *_f1_terms(judged))
+    true, predicted = np.tile(np.arange(7), 30), judged[drawn].ravel()
+    assert macro[0] == pytest.approx(f1_score(true, predicted, labels=list(range(7)), average="macro", zero_division=0))
+    np.testing.assert_allclose(per_emotion[0], f1_score(true, predicted, labels=list(range(7)), average=None, zero_division=0))
+
+
+def test_intervals_hold_the_estimate_and_narrow_with_more_faces():
+    from emodiff.evaluation import bootstrap_intervals
+
+    rng = np.random.default_rng(0)
+
+    def editor_that_reads_right_60_percent(count):
+        right = rng.random((count, 7)) < 0.6
+        return np.where(right, np.arange(7), rng.integers(0, 7, (count, 7)))
+
+    small = bootstrap_intervals(_records(editor_that_reads_right_60_percent(40), rng.uniform(0.3, 0.7, (40, 7))))
+    large = bootstrap_intervals(_records(editor_that_reads_right_60_percent(640), rng.uniform(0.3, 0.7, (640, 7))))
+    assert small["macro_f1"][0] < 0.6 + 0.4 * 0.6 / 7 < small["macro_f1"][1]  # about 0.63 read right in truth
+    assert small["identity_kept"][0] < 0.75 < small["identity_kept"][1]
+    width = lambda interval: interval[1] - interval[0]  # noqa: E731
+    assert width(large["macro_f1"]) < 0.5 * width(small["macro_f1"])  # 16x the faces: about a quarter as wide
+    assert "macro_f1_second_judge" not in small and small["unit"] == "input face"
+
+
+def test_a_comparison_of_the_same_edits_is_zero_and_of_a_better_editor_positive():
+    from emodiff.evaluation import compare_records
+
+    rng = np.random.default_rng(0)
+    base = np.where(rng.random((70, 7)) < 0.5, np.arange(7), rng.integers(0, 7, (70, 7)))
+    same = compare_records(_records(base), _records(base.copy()))["statistics"]
+    assert same["macro_f1"]["difference"] == 0 and same["macro_f1"]["interval"] == [0.0, 0.0]
+
+    better = base.copy()
+    better[:20] = np.arange(7)  # 20 faces now read right everywhere, the rest unchanged
+    lost = np.where(np.arange(70)[:, None] < 20, 0.7, 0.3)  # ... and lose their person
+    compared = compare_records(_records(base), _records(better, lost))["statistics"]
+    assert compared["macro_f1"]["interval"][0] > 0 and compared["macro_f1"]["after_ahead"] > 0.97
+    assert compared["identity_kept"]["difference"] == pytest.approx(-20 / 70) and compared["identity_kept"]["interval"][1] < 0
+
+    # a small change on a few faces: paired, the interval holds zero
+    nudged = base.copy()
+    nudged[0, 0], nudged[1, 1] = (base[0, 0] + 1) % 7, (base[1, 1] + 1) % 7
+    interval = compare_records(_records(base), _records(nudged))["statistics"]["macro_f1"]["interval"]
+    assert interval[0] <= 0 <= interval[1]
+
+
+def test_a_comparison_of_different_faces_is_refused_naming_the_first():
+    from emodiff.evaluation import compare_records
+
+    judged = np.zeros((5, 7), int)
+    with pytest.raises(ValueError, match="different faces.*first difference at face 2"):
+        compare_records(_records(judged, keys=list("abcde")), _records(judged, keys=list("abXde")))
+
+
+def test_records_round_trip_through_csv_and_bad_files_name_the_line(tmp_path):
+    from emodiff.evaluation import EditRecords
+
+    rng = np.random.default_rng(0)
+    records = _records(rng.integers(0, 7, (4, 7)), rng.uniform(0, 1, (4, 7)).round(6), second=rng.integers(0, 7, (4, 7)))
+    records.write_csv(tmp_path / "edits.csv")
+    back = EditRecords.read_csv(tmp_path)  # the folder evaluate wrote is enough
+    assert back.keys == records.keys
+    for field in ("sources", "judged", "judged_second", "distances"):
+        np.testing.assert_array_equal(getattr(back, field), getattr(records, field))
+
+    lines = (tmp_path / "edits.csv").read_text().splitlines()
+    fields = lines[9].split(",")
+    lines[9] = ",".join([*fields[:4], "joyful", *fields[5:]])  # a verdict that is no emotion
+    (tmp_path / "edits.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"edits.csv, line 10: .*joyful"):
+        EditRecords.read_csv(tmp_path / "edits.csv")
+    with pytest.raises(FileNotFoundError, match="emodiff evaluate writes edits.csv"):
+        EditRecords.read_csv(tmp_path / "elsewhere")
+
+
+def test_compare_command_prints_the_paired_table(tmp_path, capsys):
+    from emodiff.cli import main
+
+    rng = np.random.default_rng(0)
+    base = np.where(rng.random((40, 7)) < 0.5, np.arange(7), rng.integers(0, 7, (40, 7)))
+    better = base.copy()
+    better[:15] = np.arange(7)
+    _records(base).write_csv(tmp_path / "a.csv")
+    _records(better).write_csv(tmp_path / "b.csv")
+    assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--out", str(tmp_path / "c.md"), "--resamples", "500"]) == 0
+    printed = capsys.readouterr().out
+    assert "500 resamples" in printed and "| macro F1 |" in printed and "| F1, disgust |" in printed and "**+" in printed
+    written = (tmp_path / "c.md").read_text()
+    assert written.startswith("```\n") and written.endswith(printed)  # the command line, then the table
+    assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"), "--resamples", "10"]) == 2
+    assert "--resamples 10" in capsys.readouterr().err

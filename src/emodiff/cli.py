@@ -369,6 +369,24 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+def _cmd_compare(args) -> int:
+    from .evaluation import RECORDS_FILE, RESAMPLES, EditRecords, compare_records, comparison_table
+    from .files import atomic_write
+
+    resamples = RESAMPLES if args.resamples is None else args.resamples
+    if resamples < 100:
+        raise ValueError(f"--resamples {resamples}: too few for a 95% interval, use at least 100")
+    before, after = EditRecords.read_csv(Path(args.before)), EditRecords.read_csv(Path(args.after))
+    folder = lambda given: Path(given).parent.name if Path(given).name == RECORDS_FILE else Path(given).name  # noqa: E731
+    names = (folder(args.before), folder(args.after))
+    names = names if names[0] != names[1] else (args.before, args.after)  # the folders' names, unless they are alike
+    table = comparison_table(compare_records(before, after, resamples), *names)
+    print(table, end="")
+    if args.out:
+        atomic_write(Path(args.out), lambda temp: temp.write_text(f"```\n{_command_line()}\n```\n\n{table}"))
+    return 0
+
+
 def _cmd_sweep(args) -> int:
     import itertools
     import json
@@ -668,9 +686,22 @@ def build_parser() -> argparse.ArgumentParser:
         "Take --per-class inputs of every source emotion from --split, edit each to all 7 emotions and measure: the "
         "judge's precision/recall/F1 per target (the paper's Table 1) and macro F1, beside the judge's F1 on the real "
         "inputs; dlib face-descriptor distance to the input (identity kept: < 0.6), SSIM and PSNR; Fréchet distance in "
-        "judge features to real faces of the target emotion; mean pixel change; time per face. Writes OUT/report.md, "
-        "OUT/metrics.json, OUT/grid.png and OUT/confusion.png.", [model, evaluation, edit],
+        "judge features to real faces of the target emotion; mean pixel change; time per face; 95% intervals from "
+        "resampling the input faces. Writes OUT/report.md, OUT/metrics.json, OUT/edits.csv (every edit's verdicts and "
+        "identity distance, for emodiff compare), OUT/grid.png and OUT/confusion.png.", [model, evaluation, edit],
     )  # fmt: skip
+
+    p = command(
+        "compare", _cmd_compare, "is one evaluation better than another, or chance? (paired, same faces)",
+        "Compare two 'emodiff evaluate' runs on the same input faces (the same --data, --split, --faces, --per-class, "
+        "--seed and --look): macro F1 by each judge, identity kept and each emotion's F1, AFTER minus BEFORE, with 95% "
+        "intervals from resampling the faces, the same faces for both, so what the faces share cancels. With 70 or 140 "
+        "faces one emotion's F1 moves by a few hundredths by chance; a difference whose interval holds zero is not yet one.",
+    )  # fmt: skip
+    p.add_argument("before", help="an evaluate --out folder (or its edits.csv): the reference")
+    p.add_argument("after", help="an evaluate --out folder (or its edits.csv): the candidate")
+    p.add_argument("--out", default=None, help="also write the table to this markdown file")
+    p.add_argument("--resamples", type=int, default=None, help="bootstrap resamples of the faces (default: 2000)")
 
     p = command(
         "evaluate-photos", _cmd_evaluate_photos, "measure photo edits: identity at the photo's resolution, emotion, seams, containment",
@@ -694,7 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and --keep-detail "
         "(paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json "
         "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen "
-        "setting is the best macro F1 among those keeping >= 90%% of edits under the 0.6 identity distance, else the best "
+        "setting is the best macro F1 among those keeping >= 90% of edits under the 0.6 identity distance, else the best "
         "F1 x identity kept. With more than one guidance, classifier guidance or negative, each target emotion's scales "
         "(and negative) are then "
         "chosen by the same rule on that emotion's F1 and identity, the edits made with them are measured as one more row, "

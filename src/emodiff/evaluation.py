@@ -7,7 +7,10 @@
 - realism: Fréchet distance between judge features of the edits and of real faces of the target
   emotion, in the judge's features rather than Inception's: features trained on FER faces see
   expression, where an ImageNet network would see 48x48 grey faces as nothing it knows;
-- change: mean absolute pixel change, so a do-nothing edit cannot look good.
+- change: mean absolute pixel change, so a do-nothing edit cannot look good;
+- uncertainty: 95% intervals from resampling the input faces (a face's 7 edits share its look, so
+  faces, not edits, are the unit), and ``compare_records`` for two evaluations of the same faces:
+  with 140 faces one emotion's F1 moves by a few hundredths by chance, and a lever must beat that.
 """
 
 from __future__ import annotations
@@ -235,6 +238,7 @@ class EditEvaluation:
     inputs: FaceSet
     edits: np.ndarray  # uint8 (N, 7, 48, 48)
     metrics: dict
+    records: EditRecords
 
 
 def evaluate_editor(
@@ -267,6 +271,7 @@ def evaluate_editor(
     flat_targets = np.tile(targets, count)
 
     judged = judge_labels(judge, flat_edits)
+    judged_second = judge_labels(second_judge, flat_edits) if second_judge is not None else None
     input_descriptors = identity.descriptors(inputs.images)
     edit_descriptors = identity.descriptors(flat_edits)
     distances = np.linalg.norm(edit_descriptors - np.repeat(input_descriptors, per_face, axis=0), axis=1)
@@ -307,12 +312,17 @@ def evaluate_editor(
     if second_judge is not None:
         metrics["second_judge"] = {
             "model": type(second_judge).__name__,
-            "emotion": emotion_scores(flat_targets, judge_labels(second_judge, flat_edits)),
+            "emotion": emotion_scores(flat_targets, judged_second),
             "real_inputs": emotion_scores(inputs.labels, judge_labels(second_judge, inputs.images)),
         }
     if hands is not None:
         metrics["hands"] = hands_drawn(hands, inputs.images, flat_edits, flat_targets)
-    return EditEvaluation(inputs, edits, metrics)
+    by_face = lambda values: values.reshape(count, per_face)  # noqa: E731
+    records = EditRecords(
+        face_keys(inputs.images), inputs.labels.copy(), by_face(judged), None if judged_second is None else by_face(judged_second), by_face(distances)
+    )
+    metrics["intervals"] = bootstrap_intervals(records)
+    return EditEvaluation(inputs, edits, metrics, records)
 
 
 def hands_drawn(hands: HandDetector, inputs: np.ndarray, flat_edits: np.ndarray, flat_targets: np.ndarray) -> dict:
@@ -322,6 +332,182 @@ def hands_drawn(hands: HandDetector, inputs: np.ndarray, flat_edits: np.ndarray,
     drawn = (hands.probability(to_tensor(flat_edits)) >= 0.5) & ~had
     per_target = {EMOTIONS[t]: float(drawn[flat_targets == t].sum() / max((~had & (flat_targets == t)).sum(), 1)) for t in range(len(EMOTIONS))}
     return {"drawn": float(drawn.sum() / max((~had).sum(), 1)), "per_target": per_target, "inputs_with_hands": float(had.mean())}
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+RESAMPLES = 2000  # bootstrap draws of the input faces: the interval's ends move by < 0.005 between seeds
+INTERVAL = 0.95
+RECORDS_FILE = "edits.csv"
+_RECORD_COLUMNS = ("face", "key", "source", "target", "judged", "judged_second", "identity_distance")
+
+
+def face_keys(images: np.ndarray) -> list[str]:
+    """A short hash of each input face's pixels: two evaluations pair up only if they edited the same faces."""
+    import hashlib
+
+    return [hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()[:12] for image in images]
+
+
+@dataclass
+class EditRecords:
+    """Per input face and target emotion (the columns, in EMOTIONS' order): what each judge read and
+    the identity distance. Intervals and comparisons resample these by face."""
+
+    keys: list[str]
+    sources: np.ndarray  # (N,) the input faces' own emotions
+    judged: np.ndarray  # (N, 7)
+    judged_second: np.ndarray | None  # (N, 7), or None without a second judge
+    distances: np.ndarray  # (N, 7)
+
+    def write_csv(self, path: Path) -> None:
+        import csv
+        import io
+
+        text = io.StringIO()
+        writer = csv.writer(text, lineterminator="\n")
+        writer.writerow(_RECORD_COLUMNS)
+        for face, (key, source) in enumerate(zip(self.keys, self.sources)):
+            for target, name in enumerate(EMOTIONS):
+                second = "" if self.judged_second is None else EMOTIONS[self.judged_second[face, target]]
+                writer.writerow([face, key, EMOTIONS[source], name, EMOTIONS[self.judged[face, target]], second, f"{self.distances[face, target]:.6f}"])
+        atomic_write(path, lambda temp: temp.write_text(text.getvalue()))
+
+    @classmethod
+    def read_csv(cls, path: Path) -> EditRecords:
+        """Read what ``write_csv`` wrote; anything else is refused with the file and line."""
+        import csv
+
+        path = Path(path)
+        if path.is_dir():
+            path = path / RECORDS_FILE
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: no such file (emodiff evaluate writes {RECORDS_FILE} into its --out folder)")
+        index = {name: i for i, name in enumerate(EMOTIONS)}
+        with path.open(newline="") as file:
+            rows = list(csv.reader(file))
+        if not rows or tuple(rows[0]) != _RECORD_COLUMNS:
+            raise ValueError(f"{path}: line 1 should be the header {','.join(_RECORD_COLUMNS)}")
+        body = rows[1:]
+        if not body or len(body) % len(EMOTIONS):
+            raise ValueError(f"{path}: {len(body)} edit rows, expected 7 per input face")
+        keys, sources, judged, second, distances = [], [], [], [], []
+        for line, row in enumerate(body, start=2):
+            try:
+                face, key, source, target, verdict, verdict_second, distance = row
+                expected_face, expected_target = divmod(line - 2, len(EMOTIONS))
+                if int(face) != expected_face or index[target] != expected_target:
+                    raise ValueError(f"expected face {expected_face}, target {EMOTIONS[expected_target]}")
+                if expected_target == 0:
+                    keys.append(key)
+                    sources.append(index[source])
+                judged.append(index[verdict])
+                second.append(index[verdict_second] if verdict_second else -1)
+                distances.append(float(distance))
+            except (ValueError, KeyError) as error:
+                raise ValueError(f"{path}, line {line}: {row!r}: {error}") from None
+        shape = (len(keys), len(EMOTIONS))
+        second = np.asarray(second).reshape(shape)
+        if (second < 0).any() and not (second < 0).all():
+            raise ValueError(f"{path}: the second judge's verdict is missing on some rows only")
+        return cls(keys, np.asarray(sources), np.asarray(judged).reshape(shape), None if (second < 0).all() else second, np.asarray(distances).reshape(shape))
+
+
+def _f1_terms(judged: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per face and emotion c: is its edit to c judged c (a true positive), and how many of its
+    edits to other emotions are judged c (false positives). Each face has one edit per target, so
+    sums of these over any multiset of faces give that multiset's per-emotion F1."""
+    emotions = np.arange(judged.shape[1])
+    hits = (judged == emotions).astype(np.float64)
+    false = (judged[:, :, None] == emotions).sum(axis=1) - hits
+    return hits, false
+
+
+def _macro_f1(weights: np.ndarray, hits: np.ndarray, false: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Macro and per-emotion F1 for each row of ``weights`` (how often each face is drawn), as
+    scikit-learn scores it (an emotion nobody predicts and nobody is: 0)."""
+    true_pos, false_pos = weights @ hits, weights @ false
+    false_neg = weights.sum(axis=1, keepdims=True) - true_pos
+    denominator = 2 * true_pos + false_pos + false_neg
+    f1 = np.divide(2 * true_pos, denominator, out=np.zeros_like(true_pos), where=denominator > 0)
+    return f1.mean(axis=1), f1
+
+
+def _face_draws(count: int, resamples: int, seed: int) -> np.ndarray:
+    """(resamples, count) multiplicities of each face in a bootstrap draw, the first row the data itself."""
+    rng = np.random.default_rng(seed)
+    draws = rng.multinomial(count, np.full(count, 1 / count), size=resamples).astype(np.float64)
+    return np.vstack([np.ones(count), draws])
+
+
+def _statistics(records: EditRecords, weights: np.ndarray) -> dict[str, np.ndarray]:
+    macro, per_emotion = _macro_f1(weights, *_f1_terms(records.judged))
+    stats = {"macro_f1": macro, "identity_kept": weights @ (records.distances < IDENTITY_THRESHOLD).mean(axis=1) / weights.sum(axis=1)}
+    if records.judged_second is not None:
+        stats["macro_f1_second_judge"] = _macro_f1(weights, *_f1_terms(records.judged_second))[0]
+    stats.update({f"f1_{name}": per_emotion[:, i] for i, name in enumerate(EMOTIONS)})
+    return stats
+
+
+def _interval(values: np.ndarray) -> list[float]:
+    tail = (1 - INTERVAL) / 2 * 100
+    return [float(v) for v in np.percentile(values[1:], [tail, 100 - tail])]
+
+
+def bootstrap_intervals(records: EditRecords, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """95% percentile-bootstrap intervals over the input faces for macro F1 (each judge), identity
+    kept and each emotion's F1."""
+    stats = _statistics(records, _face_draws(len(records.keys), resamples, seed))
+    return {"level": INTERVAL, "resamples": resamples, "unit": "input face", **{name: _interval(values) for name, values in stats.items()}}
+
+
+def compare_records(before: EditRecords, after: EditRecords, resamples: int = RESAMPLES, seed: int = 0) -> dict:
+    """``after`` minus ``before`` on the same faces: each statistic's difference, its 95% interval
+    from resampling the faces (both evaluations drawn with the same faces, so what the faces share
+    cancels), and how often a resample has ``after`` ahead."""
+    if before.keys != after.keys:
+        mismatch = next((i for i, (a, b) in enumerate(zip(before.keys, after.keys)) if a != b), min(len(before.keys), len(after.keys)))
+        raise ValueError(
+            f"the two evaluations edited different faces ({len(before.keys)} and {len(after.keys)}; first difference at face {mismatch}): "
+            "compare evaluations run with the same --data, --split, --faces, --per-class, --seed and --look"
+        )
+    weights = _face_draws(len(before.keys), resamples, seed)
+    first, second = _statistics(before, weights), _statistics(after, weights)
+    statistics = {
+        name: {
+            "before": float(first[name][0]),
+            "after": float(second[name][0]),
+            "difference": float(second[name][0] - first[name][0]),
+            "interval": _interval(second[name] - first[name]),
+            "after_ahead": float(np.mean(second[name][1:] > first[name][1:])),
+        }
+        for name in first
+        if name in second
+    }
+    return {"level": INTERVAL, "resamples": resamples, "faces": len(before.keys), "statistics": statistics}
+
+
+_STATISTIC_NAMES = {"macro_f1": "macro F1", "macro_f1_second_judge": "macro F1, second judge", "identity_kept": "identity kept"}
+
+
+def comparison_table(comparison: dict, before: str, after: str) -> str:
+    """``compare_records``' result as markdown."""
+    lines = [
+        f"{comparison['faces']} input faces, each edited to all 7 emotions by both; {comparison['level']:.0%} intervals from "
+        f"{comparison['resamples']} resamples of the faces, the same faces for both; difference = {after} − {before}.",
+        "",
+        f"| statistic | {before} | {after} | difference | interval | resamples with {after} ahead |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, row in comparison["statistics"].items():
+        low, high = row["interval"]
+        clear = "**" if low > 0 or high < 0 else ""
+        lines.append(
+            f"| {_STATISTIC_NAMES.get(name, name.replace('f1_', 'F1, '))} | {row['before']:.3f} | {row['after']:.3f} | {clear}{row['difference']:+.3f}{clear} "
+            f"| {low:+.3f} … {high:+.3f} | {row['after_ahead']:.0%} |"
+        )
+    lines += ["", "Bold: the interval leaves out zero."]
+    return "\n".join(lines) + "\n"
 
 
 # ----------------------------------------------------------------------------- reports
@@ -368,6 +554,15 @@ def markdown_report(metrics: dict, title: str, command: str | None = None) -> st
         "this report's judge."
         + (f" Second judge: {second['model']}, another architecture and recipe; it only reports." if second else ""),
     ]
+    intervals = metrics.get("intervals")
+    if intervals:
+        spans = [("macro F1", "macro_f1", "{:.3f}"), ("second judge", "macro_f1_second_judge", "{:.3f}"), ("identity kept", "identity_kept", "{:.0%}")]
+        text = "; ".join(f"{label} {fmt.format(intervals[key][0])}–{fmt.format(intervals[key][1])}" for label, key, fmt in spans if key in intervals)
+        lines += [
+            "",
+            f"{intervals['level']:.0%} intervals, from {intervals['resamples']} resamples of the {metrics['inputs']} input faces: {text} "
+            f"(per emotion in metrics.json). Two settings on the same faces: `emodiff compare` pairs them, which is far tighter.",
+        ]
     hands = metrics.get("hands")
     if hands:
         per_target = ", ".join(f"{name} {share:.0%}" for name, share in hands["per_target"].items())
@@ -416,6 +611,7 @@ def write_report(evaluation: EditEvaluation, out: Path, title: str, command: str
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "metrics.json", lambda temp: temp.write_text(json.dumps(evaluation.metrics, indent=2)))
     atomic_write(out / "report.md", lambda temp: temp.write_text(markdown_report(evaluation.metrics, title, command)))
+    evaluation.records.write_csv(out / RECORDS_FILE)
     write_figures(evaluation, out)
 
 
