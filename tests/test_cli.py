@@ -158,6 +158,10 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     else:
         assert result["edit_defaults"] == "the per-emotion scales"
     assert "| per emotion | per emotion |" in (out / "sweep.md").read_text()
+    # every row's edits are kept, numbered in order, so any two rows can be paired
+    files = [r["edits"] for r in result["rows"]] + [combined["edits"]]
+    assert files == [f"edits/{i:02d}.csv" for i in range(1, len(files) + 1)] and all((out / f).exists() for f in files)
+    assert main(["compare", str(out / files[0]), str(out / files[-1])]) == 0
 
 
 def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, fer_csv, tmp_path):

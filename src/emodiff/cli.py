@@ -405,12 +405,16 @@ def _cmd_sweep(args) -> int:
                                              localise=localise, classifier_guidance=pushed, negative=negative))  # fmt: skip
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
+    out = Path(args.out)
+    rows, settings_of = [], {}
 
     def measure(name, pipeline, settings, is_diffusion=True):
         editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
-        return summary_row(name, settings if is_diffusion else None, setup.evaluate(editor, pipeline.device, progress=False).metrics)
+        evaluation = setup.evaluate(editor, pipeline.device, progress=False)
+        records = f"edits/{len(rows) + 1:02d}.csv"  # every row's edits, so emodiff compare can pair any two rows
+        evaluation.records.write_csv(out / records)
+        return {**summary_row(name, settings if is_diffusion else None, evaluation.metrics), "edits": records}
 
-    rows, settings_of = [], {}
     for (name, pipeline), settings in itertools.product(editors.items(), grid):
         is_diffusion = isinstance(pipeline, EmotionEditPipeline)
         if not is_diffusion and settings != grid[0]:
@@ -419,7 +423,6 @@ def _cmd_sweep(args) -> int:
         rows.append(measure(name, pipeline, settings, is_diffusion))
         settings_of[id(rows[-1])] = settings
     chosen, rule = choose_setting(rows)
-    out = Path(args.out)
     combined = kept = scales = None
     if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1 or len(args.negatives) > 1):
         per_emotion = choose_per_emotion(rows, chosen)
@@ -724,7 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
         "sweep", _cmd_sweep, "evaluate a grid of edit settings and choose the best one",
         "Run the evaluate measures over every combination of --modes, --strengths, --guidances, --steps and --keep-detail "
         "(paper mode ignores strength and keep-detail) for each --model, then write OUT/sweep.md (table), OUT/sweep.json "
-        "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch). The chosen "
+        "and OUT/sweep.png (macro F1 against identity kept, one colour per model, mode and keep-detail switch), and each "
+        "row's edits as OUT/edits/NN.csv, in the table's order, for emodiff compare. The chosen "
         "setting is the best macro F1 among those keeping >= 90% of edits under the 0.6 identity distance, else the best "
         "F1 x identity kept. With more than one guidance, classifier guidance or negative, each target emotion's scales "
         "(and negative) are then "

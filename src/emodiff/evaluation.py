@@ -653,6 +653,9 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
             f"| {r['identity_kept']:.0%} | {r['identity_median']:.3f} | {fd} | {r['change']:.1f} | {hands} | {r['seconds_per_input']:.3f} |"
         )
     lines += ["", f"Choice rule: {rule}, by the first judge; the second judge only reports."]
+    if rows and "edits" in rows[0]:
+        lines += ["", "Every row's edits are in edits/, numbered in the table's order (`emodiff compare edits/01.csv edits/02.csv` "
+                      "pairs two rows on their shared faces: the sure way to tell two rows apart)."]  # fmt: skip
     if combined:
         lines += ["", f"The last row edits with each target emotion's own scales, chosen by the same rule on that emotion's F1 "
                       f"and identity; edit_defaults.json holds {kept}, whichever of the two the rule prefers."]  # fmt: skip
