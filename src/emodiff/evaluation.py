@@ -382,7 +382,7 @@ class EditRecords:
         if path.is_dir():
             path = path / RECORDS_FILE
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no such file (emodiff evaluate writes {RECORDS_FILE} into its --out folder)")
+            raise FileNotFoundError(f"{path}: no such file (emodiff evaluate writes {RECORDS_FILE} into its --out folder; one made by an older emodiff has none: run it again)")
         index = {name: i for i, name in enumerate(EMOTIONS)}
         with path.open(newline="") as file:
             rows = list(csv.reader(file))
@@ -434,7 +434,7 @@ def _macro_f1(weights: np.ndarray, hits: np.ndarray, false: np.ndarray) -> tuple
 
 
 def _face_draws(count: int, resamples: int, seed: int) -> np.ndarray:
-    """(resamples, count) multiplicities of each face in a bootstrap draw, the first row the data itself."""
+    """(1 + resamples, count): how often each face is in each bootstrap draw, the first row the data itself."""
     rng = np.random.default_rng(seed)
     draws = rng.multinomial(count, np.full(count, 1 / count), size=resamples).astype(np.float64)
     return np.vstack([np.ones(count), draws])
