@@ -124,9 +124,14 @@ def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path
     out = tmp_path / "eval"
     args = ["evaluate", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--steps", "3", "--out", str(out)]
     assert main([*args, "--device", "cpu"]) == 0
-    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "grid.png", "confusion.png"}
+    assert {p.name for p in out.iterdir()} == {"report.md", "metrics.json", "edits.csv", "grid.png", "confusion.png"}
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["inputs"] == 7 and metrics["edits"] == 49
+    # every edit's record, both judges' verdicts in it: what emodiff compare pairs
+    from emodiff.evaluation import EditRecords
+
+    records = EditRecords.read_csv(out)
+    assert records.judged.shape == records.judged_second.shape == (7, 7) and main(["compare", str(out), str(out)]) == 0
     assert "| **all** |" in (out / "report.md").read_text()
     # the shipped second judge reports beside the first, on the same edits
     assert metrics["second_judge"]["model"] == "TransformerJudge"
