@@ -561,7 +561,7 @@ def markdown_report(metrics: dict, title: str, command: str | None = None) -> st
         lines += [
             "",
             f"{intervals['level']:.0%} intervals, from {intervals['resamples']} resamples of the {metrics['inputs']} input faces: {text} "
-            f"(per emotion in metrics.json). Two settings on the same faces: `emodiff compare` pairs them, which is far tighter.",
+            f"(per emotion in metrics.json). Two settings on the same faces: `emodiff compare` pairs them, which cancels what the faces share (measured on the reporting faces: intervals about half as wide, README).",
         ]
     hands = metrics.get("hands")
     if hands:
