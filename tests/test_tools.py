@@ -2,6 +2,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "checkpoints.sh"
 
@@ -152,3 +154,37 @@ def test_guidance_rescale_brings_the_guided_prediction_to_the_conditional_spread
     torch.testing.assert_close(half, 0.5 * full + 0.5 * guided)
     torch.testing.assert_close(none, guided)
     torch.testing.assert_close(unguided, conditional)
+
+
+@pytest.mark.slow
+def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_baseline(model_dir, fer_csv, tmp_path):
+    import json
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    baseline = tmp_path / "baseline"
+    emodiff = [sys.executable, "-m", "emodiff.cli"]
+    for faces, folder in (["--faces", "tuning", "--per-class", "1"], baseline / "tuning"), (["--faces", "reporting"], baseline):
+        subprocess.run([*emodiff, "evaluate", "--model", str(model_dir), "--data", str(fer_csv), *faces, "--out", str(folder)], check=True, capture_output=True)
+    out = tmp_path / "retune"
+    script = Path(__file__).resolve().parents[1] / "tools" / "retune.sh"
+    command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline)]
+    result = subprocess.run(command, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((out / "sweep_null" / "sweep.json").read_text())["rows"] + json.loads((out / "sweep_source" / "sweep.json").read_text())["rows"]
+    assert len(rows) == 9 + 6
+    chosen = json.loads((out / "edit_defaults.json").read_text())
+    assert (model / "edit_defaults.json").read_text() == (out / "edit_defaults.json").read_text()  # the model now carries them
+    assert set(chosen["negative"].values()) <= {"null", "source"}
+    for half in ("tuning", "reporting"):
+        assert "| macro F1 |" in (out / f"compare_{half}.md").read_text()
+
+    # a second run measures nothing again: every output is there
+    stamp = (out / "reporting" / "metrics.json").stat().st_mtime_ns
+    assert subprocess.run(command, capture_output=True).returncode == 0
+    assert (out / "reporting" / "metrics.json").stat().st_mtime_ns == stamp
+
+    # a folder that is not a model is refused by name before anything runs
+    result = subprocess.run([str(script), str(tmp_path), str(out), "--data", str(fer_csv)], capture_output=True, text=True)
+    assert result.returncode == 2 and f"'{tmp_path}' is not a model directory" in result.stderr
