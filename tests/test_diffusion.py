@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from emodiff.denoiser import NULL_LABEL, EmotionDenoiser
-from emodiff.encoders import EmotionCNN, FaceVAE
+from emodiff.encoders import EmotionCNN
 from emodiff.labels import EMOTIONS
 from emodiff.pipeline import EmotionEditPipeline, sampling_scheduler
 from emodiff.settings import EditSettings

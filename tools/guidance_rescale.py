@@ -11,7 +11,6 @@ model's edit defaults, as `emodiff evaluate` uses them.
 """
 
 import argparse
-import types
 from pathlib import Path
 
 import torch
