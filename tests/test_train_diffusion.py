@@ -117,6 +117,15 @@ def test_init_continues_a_trained_model_and_cosine_decays_the_learning_rate_to_z
     with open(second / "metrics.csv") as handle:
         rates = [float(row["lr"]) for row in csv.DictReader(handle)]
     assert max(rates) > 1e-4 and rates[-1] < 1e-6  # warmed up, then decayed to zero at the budget
+    # exported, its curve starts with the init's: every image the weights have seen, counted on
+    exported = tmp_path / "exported"
+    assert main(["export", str(second), str(exported)]) == 0
+    with open(first / "metrics.csv") as a, open(second / "metrics.csv") as b, open(exported / "metrics.csv") as c:
+        before, after, history = (list(csv.DictReader(handle)) for handle in (a, b, c))
+    assert len(history) == len(before) + len(after) and history[: len(before)] == before
+    assert [int(row["images_seen"]) for row in history[len(before) :]] == [64 + int(row["images_seen"]) for row in after]
+    assert [row["loss"] for row in history[len(before) :]] == [row["loss"] for row in after]
+    assert run_record(exported)["images_seen"] == 64 + 320 and run_record(second)["images_seen"] == 320
     with pytest.raises(ValueError, match="--cond"):
         train_diffusion(DiffusionTrainConfig(cond="vae", data=str(fer_csv), out=str(tmp_path / "x"), init=str(first), **tiny))
 

@@ -33,10 +33,50 @@ TRAINING_CONFIG = "training_config.json"
 
 
 def copy_training_records(source: Path, out: Path) -> None:
-    """How a model was trained travels with it (its metrics and training config), never its checkpoint."""
-    for record in (METRICS, TRAINING_CONFIG):
-        if (Path(source) / record).is_file():
-            shutil.copyfile(Path(source) / record, Path(out) / record)
+    """How a model was trained travels with it (its metrics and training config), never its checkpoint.
+    A run that started from another model (``--init``) gets that model's metrics ahead of its own, so
+    the exported curve covers every image the weights have seen, even once the init is replaced."""
+    source, out = Path(source), Path(out)
+    if (source / TRAINING_CONFIG).is_file():
+        shutil.copyfile(source / TRAINING_CONFIG, out / TRAINING_CONFIG)
+    if (source / METRICS).is_file():
+        rows = training_history(source)
+        atomic_write(out / METRICS, lambda temp: _write_rows(temp, rows))
+
+
+COUNTERS = ("step", "images_seen", "minutes")  # what a continued run counts from where its init stopped
+
+
+def _read_rows(path: Path) -> list[dict]:
+    with open(path, newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def _write_rows(path: Path, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["step"])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def training_history(run: Path) -> list[dict]:
+    """``run``'s metrics rows, preceded by those of the model it was initialised from (if that is still
+    there with the same columns), its counters continuing from the init's last row."""
+    rows = _read_rows(Path(run) / METRICS)
+    config = json.loads((Path(run) / TRAINING_CONFIG).read_text()) if (Path(run) / TRAINING_CONFIG).is_file() else {}
+    init = Path(config["init"]) if config.get("init") else None
+    if init is None or not (init / METRICS).is_file() or init.resolve() == Path(run).resolve():
+        return rows
+    earlier = _read_rows(init / METRICS)
+    if not earlier or not rows or list(earlier[0]) != list(rows[0]):
+        return rows
+    last = earlier[-1]
+    shifted = [{**row, **{key: _counted(float(last[key]) + float(row[key])) for key in COUNTERS if key in row}} for row in rows]
+    return earlier + shifted
+
+
+def _counted(value: float) -> str:
+    return str(int(value)) if value.is_integer() else f"{value:g}"
 
 
 def step_seed(seed: int, step: int, rank: int = 0) -> int:
