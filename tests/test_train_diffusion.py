@@ -126,6 +126,8 @@ def test_init_continues_a_trained_model_and_cosine_decays_the_learning_rate_to_z
     assert [int(row["images_seen"]) for row in history[len(before) :]] == [64 + int(row["images_seen"]) for row in after]
     assert [row["loss"] for row in history[len(before) :]] == [row["loss"] for row in after]
     assert run_record(exported)["images_seen"] == 64 + 320 and run_record(second)["images_seen"] == 320
+    assert main(["export", str(exported), str(tmp_path / "again")]) == 0  # counted once, however often exported
+    assert (tmp_path / "again" / "metrics.csv").read_text() == (exported / "metrics.csv").read_text()
     with pytest.raises(ValueError, match="--cond"):
         train_diffusion(DiffusionTrainConfig(cond="vae", data=str(fer_csv), out=str(tmp_path / "x"), init=str(first), **tiny))
 

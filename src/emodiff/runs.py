@@ -41,7 +41,10 @@ def copy_training_records(source: Path, out: Path) -> None:
         shutil.copyfile(source / TRAINING_CONFIG, out / TRAINING_CONFIG)
     if (source / METRICS).is_file():
         rows = training_history(source)
-        atomic_write(out / METRICS, lambda temp: _write_rows(temp, rows))
+        if rows == _read_rows(source / METRICS):
+            shutil.copyfile(source / METRICS, out / METRICS)
+        else:
+            atomic_write(out / METRICS, lambda temp: _write_rows(temp, rows))
 
 
 COUNTERS = ("step", "images_seen", "minutes")  # what a continued run counts from where its init stopped
@@ -54,21 +57,22 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _write_rows(path: Path, rows: list[dict]) -> None:
     with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]) if rows else ["step"])
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
 def training_history(run: Path) -> list[dict]:
     """``run``'s metrics rows, preceded by those of the model it was initialised from (if that is still
-    there with the same columns), its counters continuing from the init's last row."""
+    there with the same columns), its counters continuing from the init's last row; rows that already
+    start with the init's (an exported model exported again) are returned as they are."""
     rows = _read_rows(Path(run) / METRICS)
     config = json.loads((Path(run) / TRAINING_CONFIG).read_text()) if (Path(run) / TRAINING_CONFIG).is_file() else {}
     init = Path(config["init"]) if config.get("init") else None
     if init is None or not (init / METRICS).is_file() or init.resolve() == Path(run).resolve():
         return rows
     earlier = _read_rows(init / METRICS)
-    if not earlier or not rows or list(earlier[0]) != list(rows[0]):
+    if not earlier or not rows or list(earlier[0]) != list(rows[0]) or rows[: len(earlier)] == earlier:
         return rows
     last = earlier[-1]
     shifted = [{**row, **{key: _counted(float(last[key]) + float(row[key])) for key in COUNTERS if key in row}} for row in rows]
