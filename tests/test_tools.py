@@ -169,11 +169,12 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
         subprocess.run([*emodiff, "evaluate", "--model", str(model_dir), "--data", str(fer_csv), *faces, "--out", str(folder)], check=True, capture_output=True)
     out = tmp_path / "retune"
     script = Path(__file__).resolve().parents[1] / "tools" / "retune.sh"
-    command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline)]
+    grids = ["--null-grid", "3,9:0,30", "--source-grid", "9:30"]
+    command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline), *grids]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads((out / "sweep_null" / "sweep.json").read_text())["rows"] + json.loads((out / "sweep_source" / "sweep.json").read_text())["rows"]
-    assert len(rows) == 9 + 6
+    assert len(rows) == 4 + 1 and {(r["guidance"], r["classifier_guidance"]) for r in rows} == {(3, 0), (3, 30), (9, 0), (9, 30)}
     chosen = json.loads((out / "edit_defaults.json").read_text())
     assert (model / "edit_defaults.json").read_text() == (out / "edit_defaults.json").read_text()  # the model now carries them
     assert set(chosen["negative"].values()) <= {"null", "source"}
@@ -188,3 +189,5 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
     # a folder that is not a model is refused by name before anything runs
     result = subprocess.run([str(script), str(tmp_path), str(out), "--data", str(fer_csv)], capture_output=True, text=True)
     assert result.returncode == 2 and f"'{tmp_path}' is not a model directory" in result.stderr
+    result = subprocess.run([*command[:-1], "9"], capture_output=True, text=True)  # a grid without its classifier guidances
+    assert result.returncode == 2 and "grid '9' is not GUIDANCES:CLASSIFIER_GUIDANCES" in result.stderr
