@@ -24,6 +24,7 @@ model=$1 out=$2
 shift 2
 data="" per_class=10 baseline=docs/evaluation_guided null_grid=9,13,17:0,15,30 source_grid=5,9,13:15,30
 while [ $# -gt 0 ]; do
+  [ $# -ge 2 ] || { echo "$0: '$1' needs a value; $usage" >&2; exit 2; }
   case "$1" in
     --data) data=$2; shift 2 ;;
     --per-class) per_class=$2; shift 2 ;;
