@@ -41,7 +41,7 @@ def copy_training_records(source: Path, out: Path) -> None:
         shutil.copyfile(source / TRAINING_CONFIG, out / TRAINING_CONFIG)
     if (source / METRICS).is_file():
         rows = training_history(source)
-        if rows == _read_rows(source / METRICS):
+        if rows == read_rows(source / METRICS):
             shutil.copyfile(source / METRICS, out / METRICS)
         else:
             atomic_write(out / METRICS, lambda temp: _write_rows(temp, rows))
@@ -50,7 +50,8 @@ def copy_training_records(source: Path, out: Path) -> None:
 COUNTERS = ("step", "images_seen", "minutes")  # what a continued run counts from where its init stopped
 
 
-def _read_rows(path: Path) -> list[dict]:
+def read_rows(path: Path) -> list[dict]:
+    """The rows of a metrics CSV (``metrics.csv``), as strings."""
     with open(path, newline="") as handle:
         return list(csv.DictReader(handle))
 
@@ -66,12 +67,12 @@ def training_history(run: Path) -> list[dict]:
     """``run``'s metrics rows, preceded by those of the model it was initialised from (if that is still
     there with the same columns), its counters continuing from the init's last row; rows that already
     start with the init's (an exported model exported again) are returned as they are."""
-    rows = _read_rows(Path(run) / METRICS)
+    rows = read_rows(Path(run) / METRICS)
     config = json.loads((Path(run) / TRAINING_CONFIG).read_text()) if (Path(run) / TRAINING_CONFIG).is_file() else {}
     init = Path(config["init"]) if config.get("init") else None
     if init is None or not (init / METRICS).is_file() or init.resolve() == Path(run).resolve():
         return rows
-    earlier = _read_rows(init / METRICS)
+    earlier = read_rows(init / METRICS)
     if not earlier or not rows or list(earlier[0]) != list(rows[0]) or rows[: len(earlier)] == earlier:
         return rows
     last = earlier[-1]
@@ -195,8 +196,7 @@ class MetricsLog:
         self.path, self.accelerator = path, accelerator
         self.rows: list[dict] = []
         if path.exists():
-            with open(path, newline="") as handle:
-                self.rows = list(csv.DictReader(handle))
+            self.rows = read_rows(path)
 
     def drop_after(self, step: int) -> None:
         """Forget rows a killed run logged after its last checkpoint; the resumed run redoes them."""

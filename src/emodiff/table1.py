@@ -8,7 +8,6 @@ the paper's F1 rows beside ours, with identity, realism and change that the pape
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +18,7 @@ from .denoiser import CONDITIONS
 from .evaluation import SECOND_JUDGE, load_evaluation_inputs, write_report
 from .files import atomic_write
 from .labels import EMOTIONS
-from .runs import CHECKPOINT, METRICS, TRAINING_CONFIG
+from .runs import CHECKPOINT, METRICS, TRAINING_CONFIG, read_rows
 from .settings import EditSettings
 from .training import DiffusionTrainConfig, train_diffusion
 
@@ -59,8 +58,7 @@ def images_trained(run: Path) -> int:
     """Training images a run has seen at its last checkpoint (0 if it has none)."""
     if not (run / CHECKPOINT).is_file() or not (run / METRICS).is_file():
         return 0
-    with open(run / METRICS) as handle:
-        rows = list(csv.DictReader(handle))
+    rows = read_rows(run / METRICS)
     return int(rows[-1]["images_seen"]) if rows else 0
 
 
@@ -68,8 +66,7 @@ def run_record(model: Path) -> dict:
     """Images seen, minutes and hardware of the run that made ``model`` (what its files say)."""
     record = {"images_seen": None, "minutes": None, "hardware": None}
     if (model / METRICS).is_file():
-        with open(model / METRICS) as handle:
-            rows = list(csv.DictReader(handle))
+        rows = read_rows(model / METRICS)
         if rows:
             record.update(images_seen=int(rows[-1]["images_seen"]), minutes=float(rows[-1]["minutes"]))
     if (model / TRAINING_CONFIG).is_file():
@@ -88,8 +85,7 @@ def write_training_curves(models: dict[str, Path], path: Path) -> None:
     for variant, model in models.items():
         if not (model / METRICS).is_file():
             continue
-        with open(model / METRICS) as handle:
-            rows = list(csv.DictReader(handle))
+        rows = read_rows(model / METRICS)
         images = np.array([float(r["images_seen"]) for r in rows])
         loss = np.array([float(r["loss"]) for r in rows])
         axes.plot(images, loss, label=variant, linewidth=1)
