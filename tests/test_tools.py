@@ -191,3 +191,38 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
     assert result.returncode == 2 and f"'{tmp_path}' is not a model directory" in result.stderr
     result = subprocess.run([*command[:-1], "9"], capture_output=True, text=True)  # a grid without its classifier guidances
     assert result.returncode == 2 and "grid '9' is not GUIDANCES:CLASSIFIER_GUIDANCES" in result.stderr
+
+
+def test_per_face_push_re_edits_at_the_higher_scales_only_what_the_cnn_does_not_read_yet():
+    import importlib.util
+
+    import numpy as np
+    import torch
+
+    from emodiff.data import to_tensor
+    from emodiff.settings import EditSettings
+
+    from .conftest import tiny_pipeline
+
+    spec = importlib.util.spec_from_file_location("per_face_push", Path(__file__).resolve().parents[1] / "tools" / "per_face_push.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
+    pipe = pipe.with_edit_defaults({"guidance": {"happy": 3.0, "sad": 5.0}})
+    assert tool.scaled(pipe, 2.0).edit_defaults["guidance"] == {"happy": 6.0, "sad": 10.0}
+    faces = np.random.default_rng(0).integers(0, 256, (3, 48, 48), dtype=np.uint8)
+    targets, settings = [3, 4], EditSettings()
+    gentle, strong = pipe.edit_faces(faces, targets, settings), tool.scaled(pipe, 2.0).edit_faces(faces, targets, settings)
+    assert not np.array_equal(gentle, strong)
+    np.testing.assert_array_equal(tool.per_face_editor(pipe, 1.0, 2.0, 0.0)(faces, targets), gentle)  # every edit reads enough
+    np.testing.assert_array_equal(tool.per_face_editor(pipe, 1.0, 2.0, 1.0)(faces, targets), strong)  # none does
+    with torch.inference_mode():
+        reads = pipe.classifier.predict_proba(to_tensor(gentle.reshape(-1, 48, 48))).numpy().reshape(3, 2, 7)[:, [0, 1], targets]
+    threshold = float(np.median(reads))  # some edits above it, some below
+    mixed = tool.per_face_editor(pipe, 1.0, 2.0, threshold)(faces, targets)
+    weak = reads < threshold
+    assert weak.any() and (~weak).any()
+    np.testing.assert_array_equal(mixed[~weak], gentle[~weak])
+    # re-edited in a smaller batch: the same up to fp32 kernels' rounding (pipeline.edit_faces)
+    assert np.abs(mixed[weak].astype(int) - strong[weak]).max() <= 1
