@@ -8,6 +8,16 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "checkpoints.sh"
 
 
+def _load_tool(name: str):
+    """A script of tools/ imported as a module, so its functions are tested directly."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, SCRIPT.parent / f"{name}.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool
+
+
 def _git(repo, *args):
     return subprocess.run(["git", "-C", str(repo), *args], check=True, capture_output=True, text=True).stdout
 
@@ -133,15 +143,11 @@ def test_average_models_writes_the_weighted_mean_of_two_denoisers_and_refuses_ot
 
 
 def test_guidance_rescale_brings_the_guided_prediction_to_the_conditional_spread_by_phi():
-    import importlib.util
-
     import torch
 
     from .conftest import tiny_pipeline
 
-    spec = importlib.util.spec_from_file_location("guidance_rescale", Path(__file__).resolve().parents[1] / "tools" / "guidance_rescale.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("guidance_rescale")
     pipe = tiny_pipeline("label").to("cpu", bf16=False)
     torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
     x, labels = torch.randn(2, 1, 48, 48), torch.tensor([3, 5])
@@ -194,8 +200,6 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
 
 
 def test_per_face_push_re_edits_at_the_higher_scales_only_what_the_cnn_does_not_read_yet():
-    import importlib.util
-
     import numpy as np
     import torch
 
@@ -204,9 +208,7 @@ def test_per_face_push_re_edits_at_the_higher_scales_only_what_the_cnn_does_not_
 
     from .conftest import tiny_pipeline
 
-    spec = importlib.util.spec_from_file_location("per_face_push", Path(__file__).resolve().parents[1] / "tools" / "per_face_push.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    tool = _load_tool("per_face_push")
     pipe = tiny_pipeline("label").to("cpu", bf16=False)
     torch.nn.init.normal_(pipe.denoiser.label_embedding.weight, std=1.0)
     pipe = pipe.with_edit_defaults({"guidance": {"happy": 3.0, "sad": 5.0}})
