@@ -131,10 +131,10 @@ def test_sweep_gives_a_gan_one_row_beside_the_diffusion_grid(gan_dir, model_dir,
     import json
 
     out = tmp_path / "sweep"
-    args = ["--strengths", "0.4,0.5", "--guidances", "5", "--keep-detail", "on", "--steps", "2", "--per-class", "1"]
+    args = ["--strengths", "0.4", "--guidances", "5", "--keep-detail", "on", "--steps", "2", "--per-class", "1"]
     assert main(["sweep", "--data", str(fer_csv), "--model", str(gan_dir), "--model", str(model_dir), "--out", str(out), "--device", "cpu", *args]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
-    assert [r["mode"] for r in rows] == ["gan", "invert", "invert"] and rows[0]["strength"] is None
+    assert [r["mode"] for r in rows] == ["gan", "invert"] and rows[0]["strength"] is None and rows[1]["strength"] == 0.4
     assert " | gan | – | – | – | – | " in (out / "sweep.md").read_text()
 
 

@@ -167,20 +167,30 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
     import json
     import shutil
 
+    import numpy as np
+
+    from emodiff.data import load_fer2013
+    from emodiff.evaluation import EditRecords, face_keys, sample_inputs, split_part
+
     model = tmp_path / "model"
     shutil.copytree(model_dir, model)
-    baseline = tmp_path / "baseline"
-    emodiff = [sys.executable, "-m", "emodiff.cli"]
-    for faces, folder in (["--faces", "tuning", "--per-class", "1"], baseline / "tuning"), (["--faces", "reporting"], baseline):
-        subprocess.run([*emodiff, "evaluate", "--model", str(model_dir), "--data", str(fer_csv), *faces, "--out", str(folder)], check=True, capture_output=True)
+    baseline = tmp_path / "baseline"  # a do-nothing editor's records of the faces each half evaluates, as `emodiff evaluate` writes them
+    public = load_fer2013(str(fer_csv)).split("PublicTest")
+    for part, per_class, folder in ("tuning", 1, baseline / "tuning"), ("reporting", 20, baseline):
+        faces = sample_inputs(split_part(public, part), per_class)
+        kept = np.repeat(faces.labels[:, None], 7, axis=1)
+        folder.mkdir(parents=True, exist_ok=True)
+        EditRecords(face_keys(faces.images), faces.labels, kept, kept, np.zeros(kept.shape)).write_csv(folder / "edits.csv")
     out = tmp_path / "retune"
     script = Path(__file__).resolve().parents[1] / "tools" / "retune.sh"
-    grids = ["--null-grid", "3,9:0,30", "--source-grid", "9:30"]
+    grids = ["--null-grid", "3:0,30", "--source-grid", "9:30"]
     command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline), *grids]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
-    rows = json.loads((out / "sweep_null" / "sweep.json").read_text())["rows"] + json.loads((out / "sweep_source" / "sweep.json").read_text())["rows"]
-    assert len(rows) == 4 + 1 and {(r["guidance"], r["classifier_guidance"]) for r in rows} == {(3, 0), (3, 30), (9, 0), (9, 30)}
+    null = json.loads((out / "sweep_null" / "sweep.json").read_text())["rows"]
+    source = json.loads((out / "sweep_source" / "sweep.json").read_text())["rows"]
+    scales = [(r["guidance"], r["classifier_guidance"], r["negative"]) for r in null + source]
+    assert sorted(scales) == [(3, 0, "null"), (3, 30, "null"), (9, 30, "source")]
     chosen = json.loads((out / "edit_defaults.json").read_text())
     assert (model / "edit_defaults.json").read_text() == (out / "edit_defaults.json").read_text()  # the model now carries them
     assert set(chosen["negative"].values()) <= {"null", "source"}
