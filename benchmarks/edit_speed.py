@@ -3,10 +3,11 @@
 paper path: start from pure noise, DDPM ancestral sampling over all 1000 steps, fp32, no guidance
             (one network pass per step), the target label and the input's semantic code.
 fast path:  the `emodiff edit` defaults (EditSettings()), DDIM, bf16 autocast where supported;
-            timed also without classifier guidance, to show what the guide costs, and with each
-            --mouth-strengths value (the mouth decoded from deeper), to show what that costs.
+            timed also without classifier guidance, to show what the guide costs, with each
+            --mouth-strengths value (the mouth decoded from deeper) and each --push-thresholds
+            value (each edit pushed as hard as it needs), to show what those cost.
 
-    python benchmarks/edit_speed.py [--model DIR] [--repeats 3] [--device cpu] [--mouth-strengths 0.4,0.6]
+    python benchmarks/edit_speed.py [--model DIR] [--repeats 3] [--device cpu] [--mouth-strengths 0.4,0.6] [--push-thresholds 0.5]
 
 Without a shipped or given model the default architecture is timed untrained: speed does not
 depend on the weights.
@@ -55,6 +56,8 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     parser.add_argument("--mouth-strengths", type=lambda text: [float(v) for v in text.split(",")], default=[],
                         help="also time the fast path with each of these comma-separated --mouth-strength values")
+    parser.add_argument("--push-thresholds", type=lambda text: [float(v) for v in text.split(",")], default=[],
+                        help="also time the fast path with each of these comma-separated --push-threshold values")
     args = parser.parse_args()
 
     pipe, source = load(args.model, args.device)
@@ -80,10 +83,12 @@ def main() -> None:
     fast_best, fast_median = best_of(args.repeats, run_fast)
     fast_bf16 = pipe.bf16
     unguided_best, unguided_median = best_of(args.repeats, run_unguided)
-    mouths = {}
-    for mouth in args.mouth_strengths:
-        settings = dataclasses.replace(fast, mouth_strength=mouth)
-        mouths[mouth] = best_of(args.repeats, lambda: pipe.edit_faces(face, targets, settings, source_labels=[0]))
+    variants = {}
+    measured = {"mouth_strength": ("the mouth from", args.mouth_strengths), "push_threshold": ("each edit pushed as hard as it needs, threshold", args.push_thresholds)}
+    for field, (name, values) in measured.items():
+        for value in values:
+            settings = dataclasses.replace(fast, **{field: value})
+            variants[f"{name} {value:g}"] = best_of(args.repeats, lambda: pipe.edit_faces(face, targets, settings, source_labels=[0]))
     paper_best, paper_median = best_of(args.paper_repeats, run_paper)
     print(f"paper path (paper mode, DDPM 1000 steps, fp32, guidance 1): {paper_best:8.3f} s  (median {paper_median:.3f})")
     print(
@@ -91,8 +96,8 @@ def main() -> None:
         f"the model's guidance and classifier guidance per emotion, bf16 {fast_bf16}): {fast_best:8.3f} s  (median {fast_median:.3f})"
     )
     print(f"  without classifier guidance (guidance {DEFAULT_GUIDANCE:g} for all): {unguided_best:8.3f} s  (median {unguided_median:.3f})")
-    for mouth, (best, median) in mouths.items():
-        print(f"  the mouth from {mouth:g}: {best:8.3f} s  (median {median:.3f}), {best / fast_best:.2f}x the fast path's time")
+    for name, (best, median) in variants.items():
+        print(f"  {name}: {best:8.3f} s  (median {median:.3f}), {best / fast_best:.2f}x the fast path's time")
     print(f"speed-up: {paper_best / fast_best:.1f}x  (1 face -> {len(targets)} emotions)")
 
 

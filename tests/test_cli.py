@@ -150,6 +150,7 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     result = json.loads((out / "sweep.json").read_text())
     settings = {(r["mode"], r["strength"], r["guidance"], r["steps"], r["keep_detail"]) for r in result["rows"]}
     assert len(result["rows"]) == len(settings) == 2 * 2 + 2  # paper mode has no strength nor keep-detail
+    assert {(r["mode"], r["push_threshold"]) for r in result["rows"]} == {("invert", 0.5), ("paper", 0.0)}  # each mode's default
     assert result["chosen"] in result["rows"]
     assert "**(chosen)**" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
     guidance = json.loads((out / "edit_defaults.json").read_text())["guidance"]  # two guidances: one per emotion
@@ -175,9 +176,10 @@ def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, f
     out = tmp_path / "sweep"
     args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
     grid = ["--modes", "invert", "--strengths", "0.3,0.6", "--mouth-strengths", "0,0.5", "--guidances", "2", "--steps", "4", "--keep-detail", "on"]
-    assert main([*args, *grid]) == 0
+    assert main([*args, *grid, "--push-thresholds", "0"]) == 0  # as sweeps ran before the push was the default
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert sorted((r["strength"], r["mouth_strength"]) for r in rows) == [(0.3, 0.0), (0.3, 0.5), (0.6, 0.0)]  # 0.5 is no deeper than 0.6
+    assert {r["push_threshold"] for r in rows} == {0.0}
     assert "| mouth strength |" in (out / "sweep.md").read_text() and "| 0.3 | 0.5 |" in (out / "sweep.md").read_text()
 
 

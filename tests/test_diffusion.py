@@ -148,8 +148,9 @@ def test_paper_mode_draws_each_face_its_own_noise():
 def test_keep_detail_adds_only_the_change_over_the_source_decode_to_the_input(mode):
     pipe = tiny_pipeline("label")  # untrained: its decodes look nothing like the input
     x, source = faces(2, seed=4), [2, 5]
-    plain = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=False), source_labels=source, seed=1)
-    kept = pipe.edit_faces(x, [0, 2, 5], EditSettings(mode=mode, strength=0.6, steps=5, keep_detail=True, normalise=False), source_labels=source, seed=1)
+    both = dict(mode=mode, strength=0.6, steps=5, push_threshold=0.0)  # no push: it would read the two kinds of edit apart
+    plain = pipe.edit_faces(x, [0, 2, 5], EditSettings(**both, keep_detail=False), source_labels=source, seed=1)
+    kept = pipe.edit_faces(x, [0, 2, 5], EditSettings(**both, keep_detail=True, normalise=False), source_labels=source, seed=1)
     assert np.abs(plain[0, 1].astype(int) - x[0]).mean() > 20  # the plain decode loses the input ...
     np.testing.assert_allclose(kept[0, 1], x[0], atol=1)  # ... editing to the source emotion returns it
     np.testing.assert_allclose(kept[1, 2], x[1], atol=1)
@@ -199,7 +200,7 @@ def test_mouth_strength_redraws_the_mouth_from_deeper_and_leaves_the_rest_of_the
     pipe = tiny_pipeline("label").to("cpu", bf16=False)
     pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.05 * labels.view(-1, 1, 1, 1).float()  # per pixel
     x, source = faces(2, seed=4), [2, 5]
-    settings = EditSettings(mode="invert", strength=0.2, steps=15, keep_detail=False)
+    settings = EditSettings(mode="invert", strength=0.2, steps=15, keep_detail=False, push_threshold=0.0)
     plain = pipe.edit_faces(x, [0, 3], settings, source_labels=source).astype(int)
     deeper = pipe.edit_faces(x, [0, 3], dataclasses.replace(settings, mouth_strength=0.6), source_labels=source).astype(int)
     everywhere = pipe.edit_faces(x, [0, 3], dataclasses.replace(settings, strength=0.6), source_labels=source).astype(int)
@@ -213,6 +214,46 @@ def test_mouth_strength_redraws_the_mouth_from_deeper_and_leaves_the_rest_of_the
     for bad in (dict(mouth_strength=0.2), dict(mouth_strength=1.2), dict(mode="sdedit", mouth_strength=0.6)):
         with pytest.raises(ValueError, match="mouth_strength"):
             EditSettings(**bad)
+
+
+class _Reads(torch.nn.Module):
+    """A stand-in for the model's CNN that reads every face as every emotion with probability ``p``, counting its calls."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p, self.calls = p, []
+
+    def predict_proba(self, images):
+        self.calls.append(len(images))
+        return torch.full((len(images), len(EMOTIONS)), self.p)
+
+
+def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not_read_yet():
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.005 * labels.view(-1, 1, 1, 1).float()  # per pixel, small pushes
+    x, source, targets = faces(2, seed=4), [2, 5], [0, 3, 6]
+    settings = EditSettings(mode="invert", strength=0.2, steps=15, guidance=4.0, push_threshold=0.0)  # a decode of three steps
+    pushed = dataclasses.replace(settings, push_threshold=0.5, push_low=0.5, push_high=2.0)
+    # a factor scales what guidance adds to the conditional prediction: 4 -> 1 + 0.5·3 and 1 + 2·3
+    gentle = pipe.edit_faces(x, targets, dataclasses.replace(settings, guidance=2.5), source_labels=source).astype(int)
+    hard = pipe.edit_faces(x, targets, dataclasses.replace(settings, guidance=7.0), source_labels=source).astype(int)
+
+    pipe._classifier = _Reads(1.0)  # every edit reads at once: all stay gentle
+    assert np.array_equal(pipe.edit_faces(x, targets, pushed, source_labels=source), gentle)
+    assert pipe._classifier.calls == [len(x) * len(targets)] * 2  # after every step but the last, each edit once
+    pipe._classifier = _Reads(0.0)  # none reads: all pushed harder after the first step
+    raised = pipe.edit_faces(x, targets, pushed, source_labels=source).astype(int)
+    change = lambda edits: np.abs(edits - x[:, None].astype(int)).mean()  # noqa: E731
+    assert change(gentle) < change(raised) < change(hard)
+    # the decode under the face's own emotion is every edit's reference: never pushed, even as a target
+    with_own = pipe.edit_faces(x, [0, *source], pushed, source_labels=source)
+    assert np.array_equal(with_own[:, :1], pipe.edit_faces(x, [0], pushed, source_labels=source))
+    assert np.array_equal(with_own[[0, 1], [1, 2]], x)  # each face edited to its own emotion is the face
+    for bad in (dict(push_threshold=1.0), dict(push_threshold=-0.1), dict(push_threshold=0.5, push_low=2.0, push_high=1.0)):
+        with pytest.raises(ValueError, match="push_"):
+            EditSettings(**bad)
+    # on by default where it was measured, inverting; off from noise or noised input
+    assert EditSettings().push_threshold == 0.5 and EditSettings(mode="sdedit").push_threshold == EditSettings(mode="paper").push_threshold == 0
 
 
 def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_back():

@@ -116,11 +116,13 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
     pipe = EmotionEditPipeline.from_pretrained(device="cpu")
     edits = pipe.edit_faces(faces, [happy, surprise], source_labels=sources)
     judge = load_encoder("judge")
-    # the defaults (strength 0.2, issue #20) read 7 of 7 happy and 6 of 7 surprise edits; 5 leaves
-    # margin, since the defaults are chosen to keep the person at some cost in how strongly surprise
-    # reads (reporting faces: surprise F1 0.87 at strength 0.4 with guidance 7, 0.80 now; identity 69% -> 91%)
+    # the defaults (strength 0.2, issue #20) read 7 of 7 happy and 4 of 7 surprise edits (6 before the
+    # push of 2026-12-06: two faces the CNN reads as surprise after the first step stay gentle, and the
+    # judge does not read them; over the 140 reporting faces surprise's recall is the same, 0.73 against
+    # 0.74); 5 and 3 leave margin, since the defaults are chosen to keep the person at some cost in how
+    # strongly surprise reads (reporting faces: surprise F1 0.87 at strength 0.4 with guidance 7, 0.79 now)
     assert (judge_labels(judge, edits[:, 0]) == happy).sum() >= 5
-    assert (judge_labels(judge, edits[:, 1]) == surprise).sum() >= 5
+    assert (judge_labels(judge, edits[:, 1]) == surprise).sum() >= 3
     own = pipe.edit_faces(faces[:2], [sources[0]], source_labels=sources[:2])[:, 0]
     np.testing.assert_allclose(own[0], faces[0], atol=1)  # editing a face to its own emotion keeps it
     assert np.abs(own[1].astype(int) - faces[1]).mean() > 3  # ... and only that one
@@ -174,8 +176,8 @@ def test_shipped_model_edits_match_the_stored_edits(scheduler, mode, bf16):
     expected = stored[f"{scheduler}-{mode}-{'bf16' if bf16 else 'fp32'}"]
     faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
     pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
-    # the defaults these edits were made with (the strength, steps, per-emotion scales, negatives and normalising of issue #20 change the edits, not the code)
-    old = {"steps": 10, "classifier_guidance": 0.0, "negative": "null"}
+    # the defaults these edits were made with (the strength, steps, per-emotion scales, negatives, normalising and push of issue #20 change the edits, not the code)
+    old = {"steps": 10, "classifier_guidance": 0.0, "negative": "null", "push_threshold": 0.0}
     settings = EditSettings(strength=0.4, guidance=7.0, normalise=False, **old) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, **old)
     edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
     if _machine() == str(stored["machine"]):

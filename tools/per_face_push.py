@@ -4,7 +4,8 @@ and classifier guidance), and an edit the model's CNN (the encoder that predicts
 emotion; neither judge) does not yet read as its target with probability ``--threshold`` is made
 again at ``--high`` times them. A fixed scale pushes faces that read at once as hard as faces that
 resist, and the first pay in identity for nothing. Measured, not yet the default: it edits many
-faces twice (docs/levers.md, "Each face pushed as hard as it needs").
+faces twice (docs/levers.md, "Each face pushed as hard as it needs"); the same rule decided inside
+one decode is the default since (``EditSettings.push_threshold``).
 
     python tools/per_face_push.py --low 0.75 --high 1.3 --threshold 0.5 [--model DIR] \\
         --data fer2013.csv --faces tuning --per-class 10 --out OUT
@@ -36,7 +37,7 @@ def scaled(pipe: EmotionEditPipeline, times: float) -> EmotionEditPipeline:
 def per_face_editor(pipe: EmotionEditPipeline, low: float, high: float, threshold: float):
     """An editor (faces, targets -> edits) that re-edits at ``high`` the faces with any edit the CNN
     reads as its target below ``threshold``, and keeps the stronger edit only for those targets."""
-    gentle, strong, settings = scaled(pipe, low), scaled(pipe, high), EditSettings()
+    gentle, strong, settings = scaled(pipe, low), scaled(pipe, high), EditSettings(push_threshold=0.0)  # two edits, not the push inside one
 
     def edit(faces: np.ndarray, targets: list[int]) -> np.ndarray:
         edits = gentle.edit_faces(faces, targets, settings)

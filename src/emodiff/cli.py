@@ -134,6 +134,12 @@ def _edit(p):
                    "also follows the gradient of a noise-aware emotion classifier's log-probability of the target (the model "
                    "directory's guide/, else the shipped one), on top of --guidance; it pushes the emotions the label alone draws "
                    "faintly; 0 = off (default: the model's own per target emotion where it has them, else 0)")  # fmt: skip
+    p.add_argument("--push-threshold", type=float, default=None, help="push each edit only as hard as it needs: start at "
+                   "--push-low times both guidance scales, and after each decoding step go on at --push-high times them for "
+                   "an edit the model's own emotion CNN does not yet read as its target with this probability; 0 = off "
+                   "(default: 0.5 with --mode invert, else 0)")  # fmt: skip
+    p.add_argument("--push-low", type=float, default=defaults.push_low, help=f"with --push-threshold: the factor to start at (default: {defaults.push_low:g})")
+    p.add_argument("--push-high", type=float, default=defaults.push_high, help=f"with --push-threshold: the factor for edits that do not read yet (default: {defaults.push_high:g})")
 
 
 def _blend(p):
@@ -400,9 +406,10 @@ def _cmd_sweep(args) -> int:
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
                 mouths = dict.fromkeys(m if m > strength else 0.0 for m in args.mouth_strengths) if mode == "invert" else (0.0,)
-                for localise, pushed, negative, mouth in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, mouths):
+                thresholds = (args.push_thresholds or (None,)) if mode == "invert" else (None,)  # None: the mode's default
+                for localise, pushed, negative, mouth, threshold in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, mouths, thresholds):
                     grid.append(EditSettings(mode=mode, strength=strength, mouth_strength=mouth, steps=steps, guidance=guidance, keep_detail=keep_detail,
-                                             localise=localise, classifier_guidance=pushed, negative=negative))  # fmt: skip
+                                             localise=localise, classifier_guidance=pushed, negative=negative, push_threshold=threshold))  # fmt: skip
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
     out = Path(args.out)
@@ -743,6 +750,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mouth-strengths", type=_float_list, default=(0.0,), help="comma-separated --mouth-strength values, used in invert mode; "
                    "one not above a strength gives that strength's plain edit (default: 0 = off)")  # fmt: skip
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
+    p.add_argument("--push-thresholds", type=_float_list, default=(), help="comma-separated --push-threshold values, used in invert "
+                   "mode; 0 replays a sweep measured before the push was the default (default: the default, 0.5)")  # fmt: skip
     p.add_argument("--negatives", type=lambda t: tuple(t.split(",")), default=("null",), help="comma-separated --negative choices (default: null)")
     p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")
     p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")

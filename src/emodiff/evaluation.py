@@ -705,6 +705,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "localise": settings.localise if settings else 0.0,
         "classifier_guidance": settings.classifier_guidance if settings else 0.0,
         "negative": settings.negative if settings else "null",  # None: the model's own per emotion
+        "push_threshold": settings.push_threshold if settings else 0.0,
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],

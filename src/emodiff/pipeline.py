@@ -26,6 +26,7 @@ import dataclasses
 import hashlib
 import inspect
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -132,6 +133,16 @@ class FaceEditor(abc.ABC):
 
 
 LOCALISE_BLUR = 2.0  # pixels of a 48x48 face: a brow or a mouth corner, not a single pixel's noise
+
+
+@dataclasses.dataclass(frozen=True)
+class Harder:
+    """The scales a decode goes on with once ``weak`` (a step's estimate of every clean row -> bool,
+    one per row) names its row (EditSettings.push_threshold)."""
+
+    guidance: float | torch.Tensor
+    classifier_guidance: float | torch.Tensor
+    weak: Callable[[torch.Tensor], torch.Tensor]
 
 
 def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
@@ -348,6 +359,10 @@ class EmotionEditPipeline(FaceEditor):
         face; a reference guided from null under a target pushed away from the source would leave
         the null direction's pull in the change. Everything else (the inversion, the source
         emotion) is shared, and all decodes run as one batch.
+
+        With ``push_threshold``, after each decoding step the model's CNN reads the edits that step's
+        clean estimates make, and each target's decode that does not read yet goes on at the higher
+        scales (``Harder``): one small CNN pass per step rather than a second edit.
         """
         kinds = self._negatives(settings.negative, targets)
         x0 = to_tensor(faces).to(self.device)
@@ -394,11 +409,16 @@ class EmotionEditPipeline(FaceEditor):
         held = None
         if settings.mouth_strength:  # the rest of the face keeps to the inversion's path until its own strength
             held = (strength_map(x0.shape[-1], settings.strength, settings.mouth_strength).to(self.device), [gather(x) for x in path])
-        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives, held)
         first = np.cumsum([0] + [len(row) for row in rows])[:-1]  # each face's first decode
-        edited = decoded[[begin + j for begin in first for j in range(per_face)]].reshape(count, per_face, *x0.shape[1:])
+        target_rows = [begin + j for begin in first for j in range(per_face)]
         if settings.keep_detail:  # each target's reference: the source decode under the target's negative
             picks = [begin + row.index((own, kind)) for begin, row, own in zip(first, rows, source.tolist()) for kind in kinds]
+
+        def assemble(decoded: torch.Tensor) -> torch.Tensor:
+            """The edits (count, per_face, 1, H, W) in [-1, 1] that decoded rows make."""
+            edited = decoded[target_rows].reshape(count, per_face, *x0.shape[1:])
+            if not settings.keep_detail:
+                return edited
             reference = decoded[picks].reshape(count, per_face, *x0.shape[1:])
             if settings.localise or settings.normalise:
                 change = edited - reference
@@ -409,8 +429,27 @@ class EmotionEditPipeline(FaceEditor):
                 edited = x0[:, None] + change
             else:  # summed in this order since before --localise: edits without either stay bit-identical
                 edited = x0[:, None] + edited - reference
-            edited = edited.clamp(-1, 1)
-        return to_uint8(edited.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
+            return edited.clamp(-1, 1)
+
+        harder = None
+        if settings.push_threshold:
+            wanted = torch.tensor(targets, device=self.device).repeat(count)
+            rows_of_edits = torch.tensor(target_rows, device=self.device)
+            # a reference decode stays as it started: it is every target's zero (and the edit to the face's own emotion)
+            references = torch.tensor(picks if settings.keep_detail else [], dtype=torch.long, device=self.device)
+
+            def weak(estimate: torch.Tensor) -> torch.Tensor:
+                reads = self.classifier.predict_proba(assemble(estimate).flatten(0, 1)).gather(1, wanted[:, None])[:, 0]
+                rows = torch.zeros(len(estimate), dtype=torch.bool, device=self.device)
+                rows[rows_of_edits] = reads < settings.push_threshold
+                rows[references] = False
+                return rows
+
+            # a factor scales what guidance adds to the conditional prediction: guidance 1 (none) stays 1
+            harder = Harder(1 + settings.push_high * (guidance - 1), push * settings.push_high, weak)
+            guidance, push = 1 + settings.push_low * (guidance - 1), push * settings.push_low
+        decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives, held, harder)
+        return to_uint8(assemble(decoded).flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
 
@@ -476,17 +515,25 @@ class EmotionEditPipeline(FaceEditor):
                 pieces.append(self.denoiser(x[i : i + size], timestep[i : i + size], labels[i : i + size], piece_codes).float())
         return torch.cat(pieces)
 
-    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0, negatives=None, held=None) -> torch.Tensor:
+    def _denoise(self, scheduler, x, timesteps, labels, codes, guidance, generator, classifier_guidance: float | torch.Tensor = 0.0, negatives=None, held=None, harder: Harder | None = None) -> torch.Tensor:
         """``guidance`` and ``classifier_guidance``: one scale, or one per row; ``negatives``: as ``_eps``.
         ``held``: (each pixel's strength, (1, 1, H, W); x at every timestep of an inversion, one per
         row): a pixel keeps to that path until the decode reaches its own strength, and is decoded from
-        there (differential diffusion): where the strength is lower the decode starts later."""
+        there (differential diffusion): where the strength is lower the decode starts later.
+        ``harder``: after each step but the last, the rows its ``weak`` names go on with its scales."""
         guide = self.guide if torch.is_tensor(classifier_guidance) or classifier_guidance > 0 else None  # loaded and checked once per call
+        if harder is not None:
+            gentle, pushed = (guidance, classifier_guidance), torch.zeros(len(x), 1, 1, 1, dtype=torch.bool, device=x.device)
         for i, t in enumerate(timesteps):
             eps = self._eps(x, t, labels, codes, guidance, negatives)
             if guide is not None and t < guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
                 sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
                 eps = eps - classifier_guidance * sigma * self._guide_gradient(guide, x, t, labels)
+            if harder is not None and i + 1 < len(timesteps):
+                alpha = scheduler.alphas_cumprod[int(t)].to(x.device)
+                pushed = pushed | harder.weak(((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)).view_as(pushed)  # x0 estimate
+                guidance, classifier_guidance = (torch.where(pushed, torch.as_tensor(hard, device=x.device), torch.as_tensor(soft, device=x.device))
+                                                 for hard, soft in zip((harder.guidance, harder.classifier_guidance), gentle))  # fmt: skip
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
             if held is not None and i + 1 < len(timesteps):
                 strengths, path = held

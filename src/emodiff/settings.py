@@ -72,6 +72,17 @@ class EditSettings:
     # twice as strong as on FER faces, as dark blotches that cost identity; a brightened face lost
     # identity the same way. None: on with keep_detail.
     normalise: bool | None = None
+    # Each edit pushed only as hard as it needs: every edit starts at ``push_low`` times its guidance
+    # (what classifier-free guidance adds to the conditional prediction, so guidance 1 stays 1) and
+    # classifier guidance; after each decoding step but the last, an edit that the model's CNN (the
+    # source emotion's predictor, neither judge) does not read as its target with this probability,
+    # judged on the step's estimate of the finished edit, goes on at ``push_high`` times them. A fixed
+    # scale pushes faces that read at once as hard as faces that resist, and the first pay in identity
+    # for nothing. None: 0.5 in invert mode, where it was measured (docs/levers.md, "Each edit pushed
+    # as hard as it needs, inside the decode"), else 0 (off).
+    push_threshold: float | None = None
+    push_low: float = 0.75
+    push_high: float = 1.3
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -80,6 +91,8 @@ class EditSettings:
             raise ValueError(f"unknown negative {self.negative!r}: expected one of {', '.join(NEGATIVES)}")
         if self.keep_detail is None:
             object.__setattr__(self, "keep_detail", self.mode == "invert")
+        if self.push_threshold is None:
+            object.__setattr__(self, "push_threshold", 0.5 if self.mode == "invert" else 0.0)
         if self.normalise is None:
             object.__setattr__(self, "normalise", bool(self.keep_detail))
         if self.keep_detail and self.mode == "paper":
@@ -102,3 +115,7 @@ class EditSettings:
             raise ValueError(f"classifier_guidance must be >= 0, got {self.classifier_guidance}")
         if self.guidance is not None and self.guidance < 0:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
+        if not 0 <= self.push_threshold < 1:
+            raise ValueError(f"push_threshold {self.push_threshold}: expected a probability in [0, 1), 0 = off")
+        if self.push_threshold and not 0 < self.push_low <= self.push_high:
+            raise ValueError(f"push_low {self.push_low} and push_high {self.push_high}: expected 0 < push_low <= push_high")
