@@ -360,6 +360,8 @@ def test_public_edit_and_sample_api_take_pil_and_arrays():
     assert len(many) == 2 and len(many[0]) == 2
     samples = pipe.sample("surprise", 3, steps=3)
     assert len(samples) == 3 and samples[0].size == (48, 48)
+    # a mode given alone takes that mode's defaults (no keep detail, no push from noise)
+    assert pipe.edit(image, "happy", mode="paper", steps=3).size == (52, 60)
 
 
 def test_the_api_edits_a_photo_through_the_same_face_path_as_the_cli(photo_path, tmp_path):

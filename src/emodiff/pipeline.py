@@ -106,7 +106,8 @@ class FaceEditor(abc.ABC):
         """
         from . import photos
 
-        settings = dataclasses.replace(settings or EditSettings(), **overrides)
+        # built from the overrides, so defaults that depend on the mode (keep detail, the push) follow an overridden one
+        settings = EditSettings(**overrides) if settings is None else dataclasses.replace(settings, **overrides)
         single_image, single_target = not isinstance(images, (list, tuple)), not isinstance(targets, (list, tuple))
         labels = [parse_emotion(t) for t in ([targets] if single_target else targets)]
         prepare = photos.Preparer(face)
