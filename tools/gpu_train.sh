@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole GPU training job in two back-to-back calls of the device tool, and what it needs packed
-# beforehand. Two calls because one carries at most 64 MiB: the tracked tree (~33 MB) and the
+# beforehand. Two calls because one carries at most 64 MiB: the tracked tree (~43 MB) and the
 # Training mosaic (37 MB) do not fit together, so the mosaic travels as two byte halves.
 #
 # Here (CPU machine), once:
