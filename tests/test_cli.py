@@ -7,6 +7,7 @@ from PIL import Image
 
 from emodiff.cli import build_parser, main
 from emodiff.labels import EMOTIONS
+from emodiff.settings import EditSettings
 
 
 def _edit(model_dir, out, *args):
@@ -151,6 +152,8 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     settings = {(r["mode"], r["strength"], r["guidance"], r["steps"], r["keep_detail"]) for r in result["rows"]}
     assert len(result["rows"]) == len(settings) == 2 * 2 + 2  # paper mode has no strength nor keep-detail
     assert {(r["mode"], r["push_threshold"]) for r in result["rows"]} == {("invert", 0.5), ("paper", 0.0)}  # each mode's default
+    defaults = EditSettings()  # a row names the push's factors too, so rows of different pushes are not confused
+    assert {(r["push_low"], r["push_high"], r["push_same_step"]) for r in result["rows"]} == {(defaults.push_low, defaults.push_high, False)}
     assert result["chosen"] in result["rows"]
     assert "**(chosen)**" in (out / "sweep.md").read_text() and (out / "sweep.png").stat().st_size > 0
     guidance = json.loads((out / "edit_defaults.json").read_text())["guidance"]  # two guidances: one per emotion
@@ -264,3 +267,12 @@ def test_asking_for_an_absent_cuda_is_an_error_not_a_silent_cpu_run(face_files, 
     assert "no CUDA device" in capsys.readouterr().err
     assert main(["edit", str(face_files[0]), "--to", "happy", "--out", str(tmp_path / "o"), "--device", "cuda"]) == 2
     assert "no CUDA device" in capsys.readouterr().err
+
+
+def test_push_options_reach_the_edit_settings():
+    from emodiff.cli import _config
+
+    args = build_parser().parse_args(["edit", "face.png", "--to", "happy", "--out", "o", "--push-same-step", "--push-low", "0.4", "--push-high", "1.4"])
+    settings = _config(EditSettings, args)
+    assert (settings.push_same_step, settings.push_low, settings.push_high) == (True, 0.4, 1.4)
+    assert _config(EditSettings, build_parser().parse_args(["edit", "face.png", "--to", "happy", "--out", "o"])) == EditSettings()

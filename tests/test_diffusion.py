@@ -217,15 +217,19 @@ def test_mouth_strength_redraws_the_mouth_from_deeper_and_leaves_the_rest_of_the
 
 
 class _Reads(torch.nn.Module):
-    """A stand-in for the model's CNN that reads every face as every emotion with probability ``p``, counting its calls."""
+    """A stand-in for the model's CNN that reads every face as every emotion with probability ``p``
+    (or, with ``unread``, as that emotion with probability 0), counting its calls."""
 
-    def __init__(self, p: float):
+    def __init__(self, p: float, unread: int | None = None):
         super().__init__()
-        self.p, self.calls = p, []
+        self.p, self.unread, self.calls = p, unread, []
 
     def predict_proba(self, images):
         self.calls.append(len(images))
-        return torch.full((len(images), len(EMOTIONS)), self.p)
+        proba = torch.full((len(images), len(EMOTIONS)), self.p)
+        if self.unread is not None:
+            proba[:, self.unread] = 0.0
+        return proba
 
 
 def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not_read_yet():
@@ -245,6 +249,22 @@ def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not
     raised = pipe.edit_faces(x, targets, pushed, source_labels=source).astype(int)
     change = lambda edits: np.abs(edits - x[:, None].astype(int)).mean()  # noqa: E731
     assert change(gentle) < change(raised) < change(hard)
+    assert pipe._classifier.calls == [len(x) * len(targets)]  # once pushed, an edit is not read again
+    pipe._classifier = _Reads(1.0, unread=0)  # only the edits to angry do not read
+    one = pipe.edit_faces(x, targets, pushed, source_labels=source).astype(int)
+    assert pipe._classifier.calls == [6, 4]  # after the first step, only the two faces' other edits are read
+    assert np.array_equal(one[:, 1:], gentle[:, 1:]) and np.array_equal(one[:, 0], raised[:, 0])
+    # pushed from the step that finds an edit weak: one step more at the high scales, and a read at the last step too
+    same_step = dataclasses.replace(pushed, push_same_step=True)
+    pipe._classifier = _Reads(0.0)
+    sooner = pipe.edit_faces(x, targets, same_step, source_labels=source).astype(int)
+    assert pipe._classifier.calls == [len(x) * len(targets)] and change(raised) + 0.5 < change(sooner)
+    pipe._classifier = _Reads(1.0, unread=0)
+    one_sooner = pipe.edit_faces(x, targets, same_step, source_labels=source).astype(int)
+    assert pipe._classifier.calls == [6, 4, 4]
+    assert np.array_equal(one_sooner[:, 1:], gentle[:, 1:]) and np.array_equal(one_sooner[:, 0], sooner[:, 0])
+    pipe._classifier = _Reads(1.0)
+    assert np.array_equal(pipe.edit_faces(x, targets, same_step, source_labels=source), gentle)  # nothing weak: nothing changes
     # the decode under the face's own emotion is every edit's reference: never pushed, even as a target
     with_own = pipe.edit_faces(x, [0, *source], pushed, source_labels=source)
     assert np.array_equal(with_own[:, :1], pipe.edit_faces(x, [0], pushed, source_labels=source))

@@ -153,8 +153,12 @@ def test_guidance_rescale_brings_the_guided_prediction_to_the_conditional_spread
     x, labels = torch.randn(2, 1, 48, 48), torch.tensor([3, 5])
     with torch.no_grad():
         conditional, guided = pipe._eps(x, 400, labels, None, 1.0), pipe._eps(x, 400, labels, None, 9.0)
-        full, half, none = (tool.rescaled(pipe._eps, phi)(x, 400, labels, None, 9.0) for phi in (1.0, 0.5, 0.0))
-        unguided = tool.rescaled(pipe._eps, 1.0)(x, 400, labels, None, 1.0)
+
+        def rescaled_eps(phi: float, guidance: float):  # as the decode calls it
+            return tool.rescaled(pipe._guided, phi)(*pipe._predictions(x, 400, labels, None, None, guidance != 1.0), guidance)
+
+        full, half, none = (rescaled_eps(phi, 9.0) for phi in (1.0, 0.5, 0.0))
+        unguided = rescaled_eps(1.0, 1.0)
     assert not torch.allclose(guided.std(dim=(1, 2, 3)), conditional.std(dim=(1, 2, 3)), rtol=0.05)  # guidance widened it
     torch.testing.assert_close(full.std(dim=(1, 2, 3)), conditional.std(dim=(1, 2, 3)))
     torch.testing.assert_close(half, 0.5 * full + 0.5 * guided)

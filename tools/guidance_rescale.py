@@ -13,27 +13,25 @@ model's edit defaults, as `emodiff evaluate` uses them.
 import argparse
 from pathlib import Path
 
-import torch
-
 from emodiff.evaluation import load_evaluation_inputs, write_report
 from emodiff.pipeline import EmotionEditPipeline
 from emodiff.settings import EditSettings
 
 
-def rescaled(eps, phi: float):
-    """``eps`` (a pipeline's bound ``_eps``) with each guided prediction rescaled toward the
-    conditional one's standard deviation by ``phi`` (0: unchanged)."""
+def rescaled(guided, phi: float):
+    """``guided`` (a pipeline's ``_guided``: conditional, negative, guidance -> guided prediction)
+    with each guided prediction rescaled toward the conditional one's standard deviation by ``phi``
+    (0: unchanged)."""
 
-    def guided_eps(x, t, labels, codes, guidance, negatives=None):
-        guided = eps(x, t, labels, codes, guidance, negatives)
-        if phi == 0 or (not torch.is_tensor(guidance) and guidance == 1.0):
-            return guided
-        conditional = eps(x, t, labels, codes, 1.0)
-        dims = tuple(range(1, guided.ndim))
-        matched = guided * conditional.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True)
-        return phi * matched + (1 - phi) * guided
+    def rescaled_guided(conditional, negative, guidance):
+        eps = guided(conditional, negative, guidance)
+        if phi == 0 or negative is None:
+            return eps
+        dims = tuple(range(1, eps.ndim))
+        matched = eps * conditional.std(dim=dims, keepdim=True) / eps.std(dim=dims, keepdim=True)
+        return phi * matched + (1 - phi) * eps
 
-    return guided_eps
+    return rescaled_guided
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -51,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
     pipe = EmotionEditPipeline.from_pretrained(args.model)
     scales = pipe.edit_defaults.get("guidance", {})
     pipe = pipe.with_edit_defaults({**pipe.edit_defaults, "guidance": {k: v * args.guidance_times for k, v in scales.items()}})
-    pipe._eps = rescaled(pipe._eps, args.phi)
+    pipe._guided = rescaled(pipe._guided, args.phi)
     setup = load_evaluation_inputs(args.data, "PublicTest", args.per_class, part=args.faces)
     settings = EditSettings(push_threshold=0.0)  # the defaults it was measured against, before the push
     evaluation = setup.evaluate(lambda faces, targets: pipe.edit_faces(faces, targets, settings), pipe.device)

@@ -140,6 +140,8 @@ def _edit(p):
                    "(default: 0.5 with --mode invert, else 0)")  # fmt: skip
     p.add_argument("--push-low", type=float, default=defaults.push_low, help=f"with --push-threshold: the factor to start at (default: {defaults.push_low:g})")
     p.add_argument("--push-high", type=float, default=defaults.push_high, help=f"with --push-threshold: the factor for edits that do not read yet (default: {defaults.push_high:g})")
+    p.add_argument("--push-same-step", action="store_true", help="with --push-threshold: an edit found weak takes the step "
+                   "that found it at --push-high too, not only the steps after it (a harder push: docs/levers.md)")  # fmt: skip
 
 
 def _blend(p):

@@ -706,6 +706,9 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "classifier_guidance": settings.classifier_guidance if settings else 0.0,
         "negative": settings.negative if settings else "null",  # None: the model's own per emotion
         "push_threshold": settings.push_threshold if settings else 0.0,
+        "push_low": settings.push_low if settings else None,
+        "push_high": settings.push_high if settings else None,
+        "push_same_step": bool(settings and settings.push_same_step),
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],

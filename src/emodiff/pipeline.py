@@ -138,12 +138,15 @@ LOCALISE_BLUR = 2.0  # pixels of a 48x48 face: a brow or a mouth corner, not a s
 
 @dataclasses.dataclass(frozen=True)
 class Harder:
-    """The scales a decode goes on with once ``weak`` (a step's estimate of every clean row -> bool,
-    one per row) names its row (EditSettings.push_threshold)."""
+    """The scales a decode goes on with once ``weak`` names its row (EditSettings.push_threshold):
+    ``weak(estimate, unread)`` takes a step's estimate of every clean row and which rows are still
+    gentle (bool, one per row), and returns the rows to push from the next step on, or from this one
+    with ``same_step`` (EditSettings.push_same_step)."""
 
     guidance: float | torch.Tensor
     classifier_guidance: float | torch.Tensor
-    weak: Callable[[torch.Tensor], torch.Tensor]
+    weak: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+    same_step: bool = False
 
 
 def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
@@ -363,7 +366,8 @@ class EmotionEditPipeline(FaceEditor):
 
         With ``push_threshold``, after each decoding step the model's CNN reads the edits that step's
         clean estimates make, and each target's decode that does not read yet goes on at the higher
-        scales (``Harder``): one small CNN pass per step rather than a second edit.
+        scales (``Harder``; with ``push_same_step`` it takes that very step at them, the same model
+        passes recombined): one small CNN pass per step rather than a second edit.
         """
         kinds = self._negatives(settings.negative, targets)
         x0 = to_tensor(faces).to(self.device)
@@ -439,15 +443,19 @@ class EmotionEditPipeline(FaceEditor):
             # a reference decode stays as it started: it is every target's zero (and the edit to the face's own emotion)
             references = torch.tensor(picks if settings.keep_detail else [], dtype=torch.long, device=self.device)
 
-            def weak(estimate: torch.Tensor) -> torch.Tensor:
-                reads = self.classifier.predict_proba(assemble(estimate).flatten(0, 1)).gather(1, wanted[:, None])[:, 0]
+            def weak(estimate: torch.Tensor, unread: torch.Tensor) -> torch.Tensor:
                 rows = torch.zeros(len(estimate), dtype=torch.bool, device=self.device)
-                rows[rows_of_edits] = reads < settings.push_threshold
-                rows[references] = False
+                unread = unread.clone()
+                unread[references] = False
+                asked = unread[rows_of_edits]  # an edit already pushed stays pushed: not read again
+                if asked.any():
+                    edits = assemble(estimate).flatten(0, 1)[asked]
+                    reads = self.classifier.predict_proba(edits).gather(1, wanted[asked, None])[:, 0]
+                    rows[rows_of_edits[asked]] = reads < settings.push_threshold
                 return rows
 
             # a factor scales what guidance adds to the conditional prediction: guidance 1 (none) stays 1
-            harder = Harder(1 + settings.push_high * (guidance - 1), push * settings.push_high, weak)
+            harder = Harder(1 + settings.push_high * (guidance - 1), push * settings.push_high, weak, settings.push_same_step)
             guidance, push = 1 + settings.push_low * (guidance - 1), push * settings.push_low
         decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives, held, harder)
         return to_uint8(assemble(decoded).flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
@@ -496,15 +504,24 @@ class EmotionEditPipeline(FaceEditor):
         """Noise prediction with classifier-free guidance on the label (the code is kept in both halves);
         ``guidance`` is one scale or one per row; ``negatives``: the labels it pushes away from, one
         per row (default: the null label)."""
+        guided = torch.is_tensor(guidance) or guidance != 1.0
+        return self._guided(*self._predictions(x, t, labels, codes, negatives, guided), guidance)
+
+    def _predictions(self, x, t, labels, codes, negatives: torch.Tensor | None, guided: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The conditional prediction and, if ``guided``, the negatives' (as ``_eps``), in one batch."""
         timestep = torch.full((len(x),), int(t), device=x.device, dtype=torch.long)
-        if not torch.is_tensor(guidance) and guidance == 1.0:
-            return self._predict(x, timestep, labels, codes)
+        if not guided:
+            return self._predict(x, timestep, labels, codes), None
         doubled = lambda v: None if v is None else torch.cat([v, v])  # noqa: E731
         if negatives is None:
             negatives = torch.full_like(labels, NULL_LABEL)
         both = self._predict(doubled(x), doubled(timestep), torch.cat([labels, negatives]), doubled(codes))
-        conditional, negative = both.chunk(2)
-        return negative + guidance * (conditional - negative)
+        return both.chunk(2)
+
+    @staticmethod
+    def _guided(conditional: torch.Tensor, negative: torch.Tensor | None, guidance: float | torch.Tensor) -> torch.Tensor:
+        """Classifier-free guidance: ``negative`` None means unguided (guidance 1)."""
+        return conditional if negative is None else negative + guidance * (conditional - negative)
 
     def _predict(self, x, timestep, labels, codes) -> torch.Tensor:
         """The denoiser over ``x`` in pieces (``devices.batch_piece``)."""
@@ -521,20 +538,35 @@ class EmotionEditPipeline(FaceEditor):
         ``held``: (each pixel's strength, (1, 1, H, W); x at every timestep of an inversion, one per
         row): a pixel keeps to that path until the decode reaches its own strength, and is decoded from
         there (differential diffusion): where the strength is lower the decode starts later.
-        ``harder``: after each step but the last, the rows its ``weak`` names go on with its scales."""
+        ``harder``: after each step but the last, the rows its ``weak`` names go on with its scales
+        (with ``same_step``, at each step, from that step on: the guided prediction is a sum of the
+        model passes already made, so the step is taken again at the new scales for a sum)."""
         guide = self.guide if torch.is_tensor(classifier_guidance) or classifier_guidance > 0 else None  # loaded and checked once per call
+        guided = torch.is_tensor(guidance) or guidance != 1.0  # a factor on guidance 1 leaves it 1 (edit_faces)
         if harder is not None:
             gentle, pushed = (guidance, classifier_guidance), torch.zeros(len(x), 1, 1, 1, dtype=torch.bool, device=x.device)
         for i, t in enumerate(timesteps):
-            eps = self._eps(x, t, labels, codes, guidance, negatives)
-            if guide is not None and t < guide.config.max_timestep:  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
-                sigma = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item()
-                eps = eps - classifier_guidance * sigma * self._guide_gradient(guide, x, t, labels)
-            if harder is not None and i + 1 < len(timesteps):
+            conditional, negative = self._predictions(x, t, labels, codes, negatives, guided)
+            gradient = None
+            if guide is not None and t < guide.config.max_timestep:
+                sigma, gradient = (1 - scheduler.alphas_cumprod[int(t)]).sqrt().item(), self._guide_gradient(guide, x, t, labels)
+
+            def eps_at(guidance, classifier_guidance):
+                eps = self._guided(conditional, negative, guidance)
+                if gradient is None:
+                    return eps
+                return eps - classifier_guidance * sigma * gradient  # eps - s·sqrt(1 - ᾱ_t)·∇ log p(label | x_t): Dhariwal & Nichol's eq. 14
+
+            eps = eps_at(guidance, classifier_guidance)
+            if harder is not None and (harder.same_step or i + 1 < len(timesteps)):
                 alpha = scheduler.alphas_cumprod[int(t)].to(x.device)
-                pushed = pushed | harder.weak(((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)).view_as(pushed)  # x0 estimate
+                estimate = ((x - (1 - alpha).sqrt() * eps) / alpha.sqrt()).clamp(-1, 1)  # x0 as this step sees it
+                newly = harder.weak(estimate, ~pushed.flatten()).view_as(pushed)
+                pushed = pushed | newly
                 guidance, classifier_guidance = (torch.where(pushed, torch.as_tensor(hard, device=x.device), torch.as_tensor(soft, device=x.device))
                                                  for hard, soft in zip((harder.guidance, harder.classifier_guidance), gentle))  # fmt: skip
+                if harder.same_step and newly.any():
+                    eps = eps_at(guidance, classifier_guidance)
             x = scheduler.step(eps, t, x, generator=generator).prev_sample
             if held is not None and i + 1 < len(timesteps):
                 strengths, path = held
