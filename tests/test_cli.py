@@ -186,6 +186,26 @@ def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, f
     assert "| mouth strength |" in (out / "sweep.md").read_text() and "| 0.3 | 0.5 |" in (out / "sweep.md").read_text()
 
 
+def test_sweep_over_push_factors_gives_the_push_off_one_row(model_dir, fer_csv, tmp_path):
+    import json
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    grid = ["--modes", "invert", "--strengths", "0.3", "--guidances", "2", "--steps", "4", "--keep-detail", "on"]
+    assert main([*args, *grid, "--own-scales", "--push-thresholds", "0,0.5", "--push-factors", "0.5:1.5,0.6:2"]) == 0
+    rows = json.loads((out / "sweep.json").read_text())["rows"]
+    assert all(r["guidance"] is None and r["classifier_guidance"] is None and r["negative"] is None for r in rows)  # the model's own
+    defaults = EditSettings()
+    assert sorted((r["push_threshold"], r["push_low"], r["push_high"]) for r in rows) == [
+        (0.0, defaults.push_low, defaults.push_high), (0.5, 0.5, 1.5), (0.5, 0.6, 2.0)
+    ]  # fmt: skip
+    table = (out / "sweep.md").read_text()
+    assert "| off |" in table and "| 0.5x, 1.5x below 0.5 |" in table and "| 0.6x, 2x below 0.5 |" in table
+    assert "| own | own | own |" in table
+    with pytest.raises(SystemExit):
+        main([*args, *grid, "--push-factors", "0.5-1.5"])
+
+
 @pytest.mark.parametrize(
     "bad, message",
     [

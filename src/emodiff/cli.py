@@ -30,6 +30,19 @@ def _float_list(text: str) -> tuple[float, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 0.5,0.7, got {text!r}") from None
 
 
+def _factor_pairs(text: str) -> tuple[tuple[float, float], ...]:
+    pairs = []
+    for part in text.split(","):
+        low, sep, high = part.partition(":")
+        try:
+            pairs.append((float(low), float(high)))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated LOW:HIGH pairs like 0.6:1.6,0.75:1.3, got {part!r} in {text!r}") from None
+        if not sep:
+            raise argparse.ArgumentTypeError(f"expected comma-separated LOW:HIGH pairs like 0.6:1.6,0.75:1.3, got {part!r} in {text!r}")
+    return tuple(pairs)
+
+
 def _fraction(text: str) -> float:
     try:
         value = float(text)
@@ -404,14 +417,23 @@ def _cmd_sweep(args) -> int:
     from .pipeline import EDIT_DEFAULTS, EmotionEditPipeline, load_editor
 
     grid = []
-    for mode, guidance, steps in itertools.product(args.modes, args.guidances, args.steps):
+    defaults = EditSettings()
+    # None: each emotion's own, from the model's edit_defaults.json
+    swept = ((None,),) * 3 if args.own_scales else (args.guidances, args.classifier_guidances, args.negatives)
+    guidances, classifier_guidances, negatives = swept
+    for mode, guidance, steps in itertools.product(args.modes, guidances, args.steps):
         for strength in (1.0,) if mode == "paper" else args.strengths:  # paper mode always starts at T
             for keep_detail in (False,) if mode == "paper" else args.keep_detail:
                 mouths = dict.fromkeys(m if m > strength else 0.0 for m in args.mouth_strengths) if mode == "invert" else (0.0,)
                 thresholds = (args.push_thresholds or (None,)) if mode == "invert" else (None,)  # None: the mode's default
-                for localise, pushed, negative, mouth, threshold in itertools.product(args.localises if keep_detail else (0.0,), args.classifier_guidances, args.negatives, mouths, thresholds):
+                factors = (args.push_factors or ((defaults.push_low, defaults.push_high),)) if mode == "invert" else ((defaults.push_low, defaults.push_high),)
+                for localise, pushed, negative, mouth, threshold, (low, high) in itertools.product(args.localises if keep_detail else (0.0,), classifier_guidances, negatives, mouths, thresholds, factors):
+                    if threshold == 0:  # the push off has no factors: one row, not one per pair
+                        low, high = defaults.push_low, defaults.push_high
                     grid.append(EditSettings(mode=mode, strength=strength, mouth_strength=mouth, steps=steps, guidance=guidance, keep_detail=keep_detail,
-                                             localise=localise, classifier_guidance=pushed, negative=negative, push_threshold=threshold))  # fmt: skip
+                                             localise=localise, classifier_guidance=pushed, negative=negative, push_threshold=threshold,
+                                             push_low=low, push_high=high))  # fmt: skip
+    grid = list(dict.fromkeys(grid))
     editors = {m or "shipped": load_editor(m, scheduler=args.scheduler, device=args.device) for m in args.model or [None]}
     setup = _evaluation_inputs(args)
     out = Path(args.out)
@@ -433,7 +455,7 @@ def _cmd_sweep(args) -> int:
         settings_of[id(rows[-1])] = settings
     chosen, rule = choose_setting(rows)
     combined = kept = scales = None
-    if chosen["mode"] != "gan" and (len(args.guidances) > 1 or len(args.classifier_guidances) > 1 or len(args.negatives) > 1):
+    if chosen["mode"] != "gan" and max(map(len, swept)) > 1:
         per_emotion = choose_per_emotion(rows, chosen)
         print(f"{chosen['model']}: the per-emotion scales {per_emotion}", flush=True)
         own = dataclasses.replace(settings_of[id(chosen)], guidance=None, classifier_guidance=None, negative=None)
@@ -754,6 +776,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--localises", type=_float_list, default=(0.0,), help="comma-separated --localise levels, used with keep-detail on (default: 0 = off)")
     p.add_argument("--push-thresholds", type=_float_list, default=(), help="comma-separated --push-threshold values, used in invert "
                    "mode; 0 replays a sweep measured before the push was the default (default: the default, 0.5)")  # fmt: skip
+    p.add_argument("--own-scales", action="store_true", help="edit with the model's own per-emotion guidance, classifier guidance "
+                   "and negative (its edit_defaults.json) instead of --guidances, --classifier-guidances and --negatives: "
+                   "to sweep the other settings, e.g. --push-factors, around the model's defaults")  # fmt: skip
+    p.add_argument("--push-factors", type=_factor_pairs, default=(), help="comma-separated LOW:HIGH pairs of --push-low and --push-high, "
+                   "used in invert mode with the push on, e.g. 0.6:1.6,0.75:1.3 (default: the defaults' pair)")  # fmt: skip
     p.add_argument("--negatives", type=lambda t: tuple(t.split(",")), default=("null",), help="comma-separated --negative choices (default: null)")
     p.add_argument("--classifier-guidances", type=_float_list, default=(0.0,), help="comma-separated --classifier-guidance scales (default: 0 = off)")
     p.add_argument("--steps", type=_int_list, default=(10,), help="comma-separated sampler step counts (default: 10)")

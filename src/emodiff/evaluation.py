@@ -629,6 +629,14 @@ def choose_setting(rows: list[dict], min_identity: float = 0.9) -> tuple[dict, s
     )
 
 
+def _push(row: dict) -> str:
+    """A sweep row's push (EditSettings.push_threshold and its factors), as the table shows it."""
+    if not row.get("push_threshold"):
+        return "off"
+    factors = f"{row['push_low']:g}x, {row['push_high']:g}x" if row.get("push_low") is not None else "default factors"
+    return f"{factors} below {row['push_threshold']:g}" + (", same step" if row.get("push_same_step") else "")
+
+
 def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None = None, combined: dict | None = None, kept: str | None = None) -> str:
     """The sweep as markdown; ``combined``: the row of the per-emotion scales, listed last, and
     ``kept``: which scales edit_defaults.json holds (``choose_edit_defaults``)."""
@@ -636,15 +644,16 @@ def sweep_table(rows: list[dict], chosen: dict, rule: str, command: str | None =
     if command:
         lines += ["```", command, "```", ""]
     lines += [
-        "| model | mode | strength | mouth strength | guidance | classifier guidance | negative | steps | keep detail | localise | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | hands drawn | s/face |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| model | mode | strength | mouth strength | guidance | classifier guidance | negative | steps | keep detail | localise | push | macro F1 | macro F1, second judge | identity kept (<0.6) | median identity | Fréchet | pixel change | hands drawn | s/face |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows + ([combined] if combined else []):
         mark = " **(chosen)**" if r is chosen else ""
         fd = "–" if r["frechet"] is None else f"{r['frechet']:.2f}"
-        scales = ("per emotion",) * 3 if r is combined else (r["guidance"], r.get("classifier_guidance") or "off", r.get("negative", "null"))
-        knobs = ("–",) * 8 if r["mode"] == "gan" else (
-            r["strength"], r.get("mouth_strength") or "off", *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off"
+        own = r is not combined and r["mode"] != "gan" and r["guidance"] is None  # emodiff sweep --own-scales
+        scales = ("per emotion",) * 3 if r is combined else ("own",) * 3 if own else (r["guidance"], r.get("classifier_guidance") or "off", r.get("negative", "null"))
+        knobs = ("–",) * 9 if r["mode"] == "gan" else (
+            r["strength"], r.get("mouth_strength") or "off", *scales, r["steps"], "on" if r["keep_detail"] else "off", r["localise"] or "off", _push(r)
         )  # fmt: skip
         second = "–" if r.get("macro_f1_second_judge") is None else f"{r['macro_f1_second_judge']:.3f}"
         hands = "–" if r.get("hands_drawn") is None else f"{r['hands_drawn']:.1%}"
