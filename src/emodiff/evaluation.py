@@ -689,7 +689,7 @@ def sweep_plot(rows: list[dict], chosen: dict, path: Path) -> None:
         axes.plot([r["identity_kept"] for r in curve], [r["macro_f1"] for r in curve], "o", label=label)
         for r in curve:
             if r["mode"] != "gan":
-                axes.annotate(f"s{r['strength']} g{r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
+                axes.annotate(f"s{r['strength']} g{'own' if r['guidance'] is None else r['guidance']}", (r["identity_kept"], r["macro_f1"]), fontsize=6, alpha=0.7)
     axes.scatter([chosen["identity_kept"]], [chosen["macro_f1"]], s=160, facecolors="none", edgecolors="red", label="chosen")
     axes.axvline(0.9, color="gray", linestyle=":", linewidth=1)
     axes.set_xlabel(f"identity kept (fraction of edits with dlib distance < {IDENTITY_THRESHOLD})")
