@@ -169,6 +169,24 @@ def test_a_uniform_change_fades_to_nothing_inside_the_crop_with_no_step():
     assert step <= 0.1 * change.max(), step  # a fade: no pixel-to-pixel step over a tenth of the change (it was all of it)
 
 
+def test_seam_score_sees_the_crop_pasted_on_without_a_fade_but_not_the_shipped_paste():
+    """Issue #19's hard edge: a change carried to the crop square's border steps there. The score
+    must see it on a photo, and see nothing where the shipped mask fades the same change out."""
+    import dataclasses
+
+    from emodiff.photo_evaluation import crop_region, seam_score
+
+    yy, xx = np.mgrid[0:600, 0:600]
+    photo = Image.fromarray(((xx + yy) / 1200 * 120 + 60).astype(np.uint8)).convert("RGB")
+    face = face_ops.Face((200, 200, 400, 400), left_eye=(245.0, 260.0), right_eye=(355.0, 260.0))
+    crop = face_ops.crop(photo, face)
+    edited = np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8)
+    plan = face_ops.PastePlan.of(photo, face, crop)
+    region = crop_region(photo, face)
+    assert seam_score(photo, plan.paste(photo, edited), region) <= 1.0
+    assert seam_score(photo, dataclasses.replace(plan, mask=np.ones_like(plan.mask)).paste(photo, edited), region) >= 15
+
+
 def test_the_landmark_mask_covers_the_expression_not_the_jaw_and_fades_with_no_step(photo, finder):
     """A uniform change pasted under the face's own landmark mask (onto a flat grey copy of the photo,
     so the change is the mask itself): full on mouth, eyes and brows, nothing on the jaw's outline,
@@ -413,6 +431,28 @@ def test_evaluate_photos_judges_the_48x48_edits_and_the_re_cropped_photos_apart_
     uncovered = [r for r in rows if r["copy"] != "occluded"]
     assert len(uncovered) == 28 and m["macro_f1_uncovered"] == _emotion(uncovered, "judged")["macro_f1"]
     assert m["outside_changed"] == 0
+
+
+def test_seam_score_ignores_a_steep_change_inside_the_edit_but_not_the_same_change_cut_off():
+    """A 48x48-like change upsampled ten times rises by several grey levels per pixel across a fold,
+    and fades out at its border: no seam. Cut off along a circle instead, it ends in a step."""
+    from emodiff.photo_evaluation import seam_score
+
+    rng = np.random.default_rng(0)
+    coarse = Image.fromarray(rng.uniform(-40, 40, (24, 24)).astype(np.float32))
+    field = np.asarray(coarse.resize((240, 240), Image.BICUBIC), dtype=np.float64)
+    yy, xx = np.mgrid[0:240, 0:240]
+    ramp = np.clip(np.minimum(np.minimum(yy, 239 - yy), np.minimum(xx, 239 - xx)) / 40, 0, 1)
+    change = field * ramp * ramp * (3 - 2 * ramp)
+    pixels = 100 + 0.2 * xx + 0.1 * yy
+    photo = Image.fromarray(pixels.astype(np.uint8)).convert("RGB")
+    as_photo = lambda a: Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # noqa: E731
+    faded = as_photo(pixels.astype(np.uint8) + change)
+    cut = as_photo(pixels.astype(np.uint8) + change * ((yy - 120) ** 2 + (xx - 120) ** 2 < 70**2))
+    steepest = max(np.abs(np.diff(change, axis=0)).max(), np.abs(np.diff(change, axis=1)).max())
+    assert steepest > 5  # the change itself steps by more than a cut-off weak change would
+    assert seam_score(photo, faded) <= 1.0
+    assert seam_score(photo, cut) >= 8.0
 
 
 def test_seam_score_ignores_texture_carried_far_by_a_warp_but_not_a_seam_on_it():

@@ -739,9 +739,9 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate-photos", _cmd_evaluate_photos, "measure photo edits: identity at the photo's resolution, emotion, seams, containment",
         "Edit the largest face of each photo to all 7 emotions and measure every edited photo: dlib's face-descriptor "
         "distance to the input face at the photo's resolution (identity kept below 0.6), the judge's verdict on the face "
-        "re-cropped from the edited photo (per-emotion F1), a seam score (the 99.9th percentile of the change's step "
-        "where the photo is flat, once the input is moved onto the edit by optical flow, in grey levels per pixel; 0 for an "
-        "unedited photo) and the pixels changed outside the face (must be 0). Writes OUT/report.md, OUT/metrics.json and "
+        "re-cropped from the edited photo (per-emotion F1), a seam score (the 99th percentile of the change's steps "
+        "where the edit ends and the photo is flat, once the input is moved onto the edit by optical flow, in grey levels "
+        "per pixel; 0 for an unedited photo, at most 1 for a change that fades out) and the pixels changed outside the face (must be 0). Writes OUT/report.md, OUT/metrics.json and "
         "OUT/contact_sheet.jpg (each photo's face and its 7 edits).",
         [model, edit, device],
     )  # fmt: skip

@@ -5,13 +5,18 @@
 - emotion: the judge's verdict on the face re-cropped from the edited photo (per-target F1), and
   on the 48x48 edits before they were pasted back: what the paste-back keeps of the edit;
 - containment: pixels changed outside the face's crop square (must be 0);
-- seam: the 99.9th percentile of the step in the difference map where the photo is flat, after the
-  input has been aligned to the edit by dense optical flow. A plain gradient of the difference
-  cannot tell a seam from a feature that moved: a warp carries the photo's edges into places that
-  were flat (teeth where there was lip), and a difference map steps there. Aligned first, a moved
-  feature leaves no difference; a step in brightness where the photo has no edge (a pasted-on
-  patch) cannot be explained by moving pixels, and stays. A step counts where it shows both before
-  and after alignment, so the alignment's own resampling noise does not count either.
+- seam: the 99th percentile of the steps in the difference map where the edit ends — between a
+  pixel it changed and pixels it left as they were — where the photo is flat, after the input has
+  been aligned to the edit by dense optical flow. A plain gradient of the difference cannot tell a
+  seam from a feature that moved: a warp carries the photo's edges into places that were flat
+  (teeth where there was lip), and a difference map steps there. Aligned first, a moved feature
+  leaves no difference; a step in brightness where the photo has no edge (a pasted-on patch)
+  cannot be explained by moving pixels, and stays. A step counts where it shows both before and
+  after alignment, so the alignment's own resampling noise does not count either. Nor does a step
+  inside the change: a strong expression change, upsampled 6-20 times from 48x48, rises by several
+  grey levels per photo pixel wherever it draws a fold or a tooth; when every step of the change
+  counted, those filled the top percentile, and a change cut off along a contour (a real seam)
+  hardly moved it. A change that fades out ends in steps of its rounding to whole grey levels.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from .labels import EMOTIONS
 
 FLAT = 3.0  # grey levels per pixel: below this (after a light blur) the input has no edge
 EDGE_MARGIN = 3  # pixels around an input edge where a moved feature may change the photo
+SEAM_PERCENTILE = 99  # of the steps where an edit ends: a seam is a line of them, a stray pixel is not
+UNTOUCHED_REACH = 3  # pixels: a seam's untouched side is left as it was this far back from the step, and either side of it
 
 
 def _luma(image: Image.Image) -> np.ndarray:
@@ -54,8 +61,10 @@ def aligned_input(before: np.ndarray, after: np.ndarray) -> np.ndarray:
 
 
 def seam_score(original: Image.Image, edited: Image.Image, region: np.ndarray | None = None) -> float:
-    """How large a step the change makes where the photo is flat, once moved pixels are accounted
-    for (see the module docstring), in grey levels per pixel; measured in ``region``'s bounding box."""
+    """How large a step the change makes where it ends and the photo is flat, once moved pixels are
+    accounted for (see the module docstring), in grey levels per pixel; measured in ``region``'s
+    bounding box. An unedited photo scores 0, a change that fades out its rounding to whole grey
+    levels (1)."""
     from scipy import ndimage
 
     before, after = _luma(original), _luma(edited)
@@ -63,19 +72,40 @@ def seam_score(original: Image.Image, edited: Image.Image, region: np.ndarray | 
         rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
         if not len(rows):
             return 0.0
-        box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
-        before, after, region = before[box], after[box], region[box]
+        # grown a little, so a change that runs to the region's border and stops there is seen stepping
+        grow = UNTOUCHED_REACH + 1
+        box = np.s_[max(0, rows[0] - grow) : rows[-1] + 1 + grow, max(0, cols[0] - grow) : cols[-1] + 1 + grow]
+        before, after = before[box], after[box]
+        region = ndimage.binary_dilation(region[box], iterations=grow)
     if np.array_equal(before, after):
         return 0.0
     aligned = aligned_input(before, after)
-    # a seam steps both in the plain difference and after alignment; a moved feature only in the
-    # first, the resampling noise of alignment (a level or two on smooth shading) only in the second
-    step = np.minimum(_steps(after - before), _steps(after - aligned))
+    plain, moved = after - before, after - aligned
+    # left as it was: changed by under a grey level, or only moved
+    untouched = np.minimum(np.abs(plain), np.abs(moved)) < 1
     edges = _steps(ndimage.uniform_filter(aligned, 3)) >= FLAT
     flat = ~ndimage.binary_dilation(edges, iterations=EDGE_MARGIN)
     if region is not None:
         flat &= region
-    return float(np.percentile(step[flat], 99.9)) if flat.any() else 0.0
+    ends = []
+    for axis in (0, 1):
+        # between pixel i and i + 1 along the axis: i + 1 changed and i untouched over a window reaching
+        # back from it, or the other way round; a change that crosses zero inside the expression has
+        # changed pixels beside it, and does not end there
+        window = [2 * UNTOUCHED_REACH + 1] * 2
+        window[axis] = UNTOUCHED_REACH + 1
+        shift = [0, 0]
+        shift[axis] = UNTOUCHED_REACH // 2
+        behind = ndimage.minimum_filter(untouched, size=window, origin=shift, mode="nearest")
+        shift[axis] = -(UNTOUCHED_REACH // 2) - 1
+        ahead = ndimage.minimum_filter(untouched, size=window, origin=shift, mode="nearest")
+        first, second = [slice(None)] * 2, [slice(None)] * 2
+        first[axis], second[axis] = slice(None, -1), slice(1, None)
+        first, second = tuple(first), tuple(second)
+        end = ((behind[first] & ~untouched[second]) | (ahead[second] & ~untouched[first])) & flat[first] & flat[second]
+        ends.append(np.minimum(np.abs(np.diff(plain, axis=axis)), np.abs(np.diff(moved, axis=axis)))[end])
+    ends = np.concatenate(ends)
+    return float(np.percentile(ends, SEAM_PERCENTILE)) if len(ends) else 0.0
 
 
 def crop_region(photo: Image.Image, face) -> np.ndarray:
