@@ -276,6 +276,34 @@ def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not
     assert EditSettings().push_threshold == 0.5 and EditSettings(mode="sdedit").push_threshold == EditSettings(mode="paper").push_threshold == 0
 
 
+def test_max_change_scales_down_only_the_edits_that_change_the_face_more_than_the_budget():
+    from emodiff.pipeline import within_budget
+
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.02 * labels.view(-1, 1, 1, 1).float()  # labels apart
+    x, source, targets = faces(2, seed=4), [2, 5], [0, 3, 6]
+    settings = EditSettings(mode="invert", strength=0.2, steps=15, guidance=4.0, push_threshold=0.0)
+    free = pipe.edit_faces(x, targets, settings, source_labels=source).astype(float)
+    change = np.abs(free - x[:, None]).mean(axis=(-2, -1))
+    budget = float(np.median(change[change > 0]))  # some edits above it, some at or below
+    capped = pipe.edit_faces(x, targets, dataclasses.replace(settings, max_change=budget), source_labels=source).astype(float)
+    capped_change = np.abs(capped - x[:, None]).mean(axis=(-2, -1))
+    under, over = change <= budget - 0.5, change > budget + 0.5  # by more than the rounding
+    assert under.any() and over.any()
+    assert np.array_equal(capped[under], free[under])  # an edit within the budget is left as it is
+    assert np.all(capped_change <= budget + 0.5) and np.all(capped_change[over] < change[over] - 1)
+    # the capped change points the same way: a scaled copy of the free one, not another edit
+    for face, target in zip(*np.nonzero(over)):
+        a, b = (free[face, target] - x[face]).ravel(), (capped[face, target] - x[face]).ravel()
+        assert np.corrcoef(a, b)[0, 1] > 0.99
+    faces_ = torch.zeros(1, 1, 4, 4)
+    edits = torch.full((1, 2, 1, 4, 4), 20 / 127.5)
+    edits[0, 1] = 5 / 127.5
+    assert torch.allclose(within_budget(faces_, edits, 10.0)[0, :, 0, 0, 0] * 127.5, torch.tensor([10.0, 5.0]))
+    with pytest.raises(ValueError, match="max_change"):
+        EditSettings(max_change=-1)
+
+
 def test_normalise_edits_a_flat_face_as_fers_typical_face_and_scales_the_change_back():
     """A face with half the contrast of one at FER's typical level is edited as that face is, and
     gets half its change: not the change a model draws on a face flatter than any it learned. A

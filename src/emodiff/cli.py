@@ -153,6 +153,9 @@ def _edit(p):
     p.add_argument("--push-high", type=float, default=defaults.push_high, help=f"with --push-threshold: the factor for edits that do not read yet (default: {defaults.push_high:g})")
     p.add_argument("--push-same-step", action="store_true", help="with --push-threshold: an edit found weak takes the step "
                    "that found it at --push-high too, not only the steps after it (a harder push: docs/levers.md)")  # fmt: skip
+    p.add_argument("--max-change", type=float, default=defaults.max_change, help="a budget for each edit: where it changes the "
+                   "48x48 face by more than this many grey levels on average, its change is scaled down to it (the largest "
+                   "changes are the ones that lose the person); 0 = off (default: %(default)g)")  # fmt: skip
 
 
 def _blend(p):

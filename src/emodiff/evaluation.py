@@ -718,6 +718,7 @@ def summary_row(model: str, settings, metrics: dict) -> dict:
         "push_low": settings.push_low if settings else None,
         "push_high": settings.push_high if settings else None,
         "push_same_step": bool(settings and settings.push_same_step),
+        "max_change": settings.max_change if settings else 0.0,
         "macro_f1": metrics["emotion"]["macro_f1"],
         "macro_f1_second_judge": metrics["second_judge"]["emotion"]["macro_f1"] if "second_judge" in metrics else None,
         "identity_kept": metrics["identity"]["kept_fraction"],

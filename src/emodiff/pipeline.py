@@ -149,6 +149,14 @@ class Harder:
     same_step: bool = False
 
 
+def within_budget(faces: torch.Tensor, edits: torch.Tensor, levels: float) -> torch.Tensor:
+    """Edits (B, T, 1, H, W) of ``faces`` (B, 1, H, W), both in [-1, 1], each with its change scaled
+    down to a mean of ``levels`` grey levels where it is larger (EditSettings.max_change)."""
+    change = edits - faces[:, None]
+    size = change.abs().mean(dim=(-3, -2, -1), keepdim=True) * 127.5  # grey levels
+    return faces[:, None] + change * (levels / size).clamp(max=1)
+
+
 def change_mask(change: torch.Tensor, levels: float) -> torch.Tensor:
     """Where a change (B, 1, H, W, in [-1, 1] units) is applied: 0 where its magnitude, blurred by a
     Gaussian of LOCALISE_BLUR pixels, is under ``levels`` / 2 grey levels, 1 from ``levels`` up, a
@@ -458,7 +466,10 @@ class EmotionEditPipeline(FaceEditor):
             harder = Harder(1 + settings.push_high * (guidance - 1), push * settings.push_high, weak, settings.push_same_step)
             guidance, push = 1 + settings.push_low * (guidance - 1), push * settings.push_low
         decoded = self._denoise(scheduler, gather(start), timesteps, labels, gather(codes), guidance, generator, push, negatives, held, harder)
-        return to_uint8(assemble(decoded).flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
+        edits = assemble(decoded)
+        if settings.max_change:  # on the finished edits: the push reads them as they decode, uncapped
+            edits = within_budget(x0, edits, settings.max_change)
+        return to_uint8(edits.flatten(0, 1)).reshape(count, per_face, *faces.shape[1:])
 
     # ------------------------------------------------------------------ the diffusion steps
 

@@ -90,6 +90,11 @@ class EditSettings:
     # at 0.4x and 1.4x, both judges read more at the same identity, but the reporting faces kept the
     # person less (88% against 91.5%; docs/levers.md, "Pushed from the step that finds it weak").
     push_same_step: bool = False
+    # A budget for each edit's change: where an edit changes the 48x48 face by more than this many
+    # grey levels on average (as ``evaluate`` counts change), its change is scaled down to it. The
+    # edits that lose the person are the ones that change most, and a push that reads more costs
+    # identity mostly there: the cap takes back the largest changes alone. 0: off.
+    max_change: float = 0.0
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -124,5 +129,7 @@ class EditSettings:
             raise ValueError(f"guidance must be >= 0, got {self.guidance}")
         if not 0 <= self.push_threshold < 1:
             raise ValueError(f"push_threshold {self.push_threshold}: expected a probability in [0, 1), 0 = off")
+        if self.max_change < 0:
+            raise ValueError(f"max_change {self.max_change}: expected 0 (off) or a positive number of grey levels")
         if self.push_threshold and not 0 < self.push_low <= self.push_high:
             raise ValueError(f"push_low {self.push_low} and push_high {self.push_high}: expected 0 < push_low <= push_high")
