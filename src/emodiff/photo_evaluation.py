@@ -94,10 +94,11 @@ def seam_score(original: Image.Image, edited: Image.Image, region: np.ndarray | 
         # changed pixels beside it, and does not end there
         window = [2 * UNTOUCHED_REACH + 1] * 2
         window[axis] = UNTOUCHED_REACH + 1
+        centre = window[axis] // 2  # where scipy centres the window along the axis; origin moves it back
         shift = [0, 0]
-        shift[axis] = UNTOUCHED_REACH // 2
+        shift[axis] = UNTOUCHED_REACH - centre  # covering i - UNTOUCHED_REACH .. i
         behind = ndimage.minimum_filter(untouched, size=window, origin=shift, mode="nearest")
-        shift[axis] = -(UNTOUCHED_REACH // 2) - 1
+        shift[axis] = -centre  # covering i .. i + UNTOUCHED_REACH
         ahead = ndimage.minimum_filter(untouched, size=window, origin=shift, mode="nearest")
         first, second = [slice(None)] * 2, [slice(None)] * 2
         first[axis], second[axis] = slice(None, -1), slice(1, None)
