@@ -43,8 +43,10 @@ def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_
     checkpoints = {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
     capsys.readouterr()
     assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), "--resume", *TINY]) == 0
-    assert "already trained" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert printed.count("already trained") == 3 and printed.count("measured before with the same model, settings and faces, kept") == 6 and "evaluating" not in printed
     assert checkpoints == {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
+    assert json.loads((out / "table1.json").read_text())["rows"] == summary["rows"]  # timings too: nothing ran again
 
     # The evaluation part alone, on the trained models, gives the same table (same seed), and a
     # GAN given with --gan gets its row from the same evaluation code on the same faces.
@@ -75,3 +77,23 @@ def test_a_bad_models_entry_is_refused_before_any_work(fer_csv, tmp_path, capsys
     assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *args, *TINY]) != 0
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_model_is_fingerprinted_by_what_an_editor_loads_not_by_its_training_run(model_dir, tmp_path):
+    import shutil
+
+    from emodiff.table1 import model_fingerprint
+
+    model = tmp_path / "model"
+    shutil.copytree(model_dir, model)
+    before = model_fingerprint(model)
+    (model / "checkpoint.safetensors").write_bytes(b"a later checkpoint")  # the run goes on: the model is the same
+    (model / "metrics.csv").write_text("step,loss\n")
+    assert model_fingerprint(model) == before
+    (model / "edit_defaults.json").write_text('{"guidance": {"happy": 3}}')  # retuned: another model
+    retuned = model_fingerprint(model)
+    assert retuned != before
+    weights = next((model / "denoiser").glob("*.safetensors"))
+    data = weights.read_bytes()
+    weights.write_bytes(data[:-1] + bytes([data[-1] ^ 0xFF]))  # retrained
+    assert model_fingerprint(model) not in (before, retuned)

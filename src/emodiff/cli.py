@@ -797,7 +797,8 @@ def build_parser() -> argparse.ArgumentParser:
         "defaults). Writes OUT/table1.md (the paper's rows beside ours, with identity kept, realism and pixel change, and "
         "the runs' images, minutes and hardware), OUT/table1.json, OUT/runs/<variant>/ and "
         "OUT/evaluations/<protocol>-<variant>/. With --resume, a variant already trained to the budget is not trained "
-        "again and an unfinished one continues from its checkpoint.", [evaluation, edit, unet],
+        "again, an unfinished one continues from its checkpoint, and an evaluation finished with the same model, settings, "
+        "faces and judges is kept rather than run again.", [evaluation, edit, unet],
     )  # fmt: skip
     p.add_argument("--images", type=int, default=600_000, help="training budget per variant in images seen (default: 600000)")
     p.add_argument("--models", nargs="+", metavar="VARIANT=DIR", help="use these trained model directories instead of training, e.g. label=runs/label")

@@ -185,6 +185,23 @@ class EvaluationSetup:
     second_judge: EmotionClassifier | None = None
     hands: HandDetector | None = None
 
+    def fingerprint(self) -> str:
+        """A digest of everything here that an evaluation's numbers depend on (the faces' pixels and
+        labels, the judges' and the hand detector's weights): equal digests, with the same editor,
+        give the same evaluation, so a finished one can be kept rather than run again."""
+        import hashlib
+
+        digest = hashlib.sha256()
+        for faces in (self.inputs, self.reference):
+            digest.update(np.ascontiguousarray(faces.images).tobytes() + np.asarray(faces.labels, np.int64).tobytes())
+        for model in (self.judge, self.second_judge):
+            for name, tensor in (model.state_dict() if model is not None else {}).items():
+                digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+        if self.hands is not None:
+            for array in (self.hands.mean, self.hands.scale, self.hands.regression.coef_, self.hands.regression.intercept_):
+                digest.update(np.ascontiguousarray(array, np.float64).tobytes())
+        return digest.hexdigest()
+
     def evaluate(self, editor: Editor, device: torch.device, progress: bool = True) -> EditEvaluation:
         second = self.second_judge.to(device) if self.second_judge is not None else None
         return evaluate_editor(

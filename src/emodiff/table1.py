@@ -8,6 +8,7 @@ the paper's F1 rows beside ours, with identity, realism and change that the pape
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from .denoiser import CONDITIONS
 from .evaluation import SECOND_JUDGE, load_evaluation_inputs, write_report
 from .files import atomic_write
 from .labels import EMOTIONS
+from .pipeline import EDIT_DEFAULTS
 from .runs import CHECKPOINT, METRICS, TRAINING_CONFIG, read_rows
 from .settings import EditSettings
 from .training import DiffusionTrainConfig, train_diffusion
@@ -29,6 +31,7 @@ PAPER_TABLE1 = {  # per-emotion F1, angry..neutral, as printed in the paper
 }
 
 GAN_ROW, GAN_PROTOCOL = "StarGAN-style, trained here", "one forward pass"
+ROW_FILE = "table1_row.json"  # in each evaluation folder: the row and what it was measured with (kept on --resume)
 
 
 @dataclass
@@ -60,6 +63,15 @@ def images_trained(run: Path) -> int:
         return 0
     rows = read_rows(run / METRICS)
     return int(rows[-1]["images_seen"]) if rows else 0
+
+
+def model_fingerprint(model: Path) -> str:
+    """A digest of what an editor loads from a model directory (its subfolders and edit defaults), not
+    of the training run around it (checkpoint, metrics): a retrained or retuned model differs."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in model.rglob("*") if p.is_file() and (p.parent != model or p.name == EDIT_DEFAULTS)):
+        digest.update(path.relative_to(model).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
 
 
 def run_record(model: Path) -> dict:
@@ -217,23 +229,40 @@ def reproduce_table1(config: Table1Config, command: str | None = None) -> dict:
     )
     models = train_variants(config)
     protocols = {"paper protocol": paper_protocol(config.paper_steps), "emodiff defaults": config.settings}
+    setup_digest = setup.fingerprint()
     rows = []
+
+    def measure(folder: Path, title: str, row: dict, key: dict, evaluate) -> dict:
+        """``row`` with the metrics of ``evaluate()``, or the row ``folder`` kept from a run of the same
+        key (on --resume: an evaluation takes minutes to hours, and a stopped reproduction should not
+        run the finished ones again)."""
+        key = json.dumps({**key, "setup": setup_digest, "seed": config.seed}, sort_keys=True)
+        kept = folder / ROW_FILE
+        if config.resume and kept.is_file() and json.loads(kept.read_text()).get("key") == key:
+            print(f"{title}: measured before with the same model, settings and faces, kept", flush=True)
+            return json.loads(kept.read_text())["row"]
+        print(f"evaluating {title}", flush=True)
+        evaluation = evaluate()
+        write_report(evaluation, folder, title)
+        row = {**row, "metrics": evaluation.metrics}
+        atomic_write(kept, lambda temp: temp.write_text(json.dumps({"key": key, "row": row})))
+        return row
+
     for protocol, settings in protocols.items():
         for variant, model in models.items():
-            print(f"evaluating {variant}, {protocol} ({describe(settings)})", flush=True)
             pipeline = EmotionEditPipeline.from_pretrained(model, scheduler=config.scheduler, device=config.device)
             editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=config.seed)  # noqa: E731
-            evaluation = setup.evaluate(editor, pipeline.device)
-            slug = protocol.replace(" ", "-")
-            write_report(evaluation, out / "evaluations" / f"{slug}-{variant}", f"{variant}, {protocol} ({describe(settings)})")
-            rows.append({"variant": variant, "protocol": protocol, "settings": asdict(settings), "metrics": evaluation.metrics})
+            key = {"model": model_fingerprint(model), "settings": asdict(settings), "scheduler": config.scheduler,
+                   "device": pipeline.device.type, "bf16": pipeline.bf16}  # fmt: skip
+            folder = out / "evaluations" / f"{protocol.replace(' ', '-')}-{variant}"
+            row = {"variant": variant, "protocol": protocol, "settings": asdict(settings)}
+            rows.append(measure(folder, f"{variant}, {protocol} ({describe(settings)})", row, key, lambda: setup.evaluate(editor, pipeline.device)))
     if config.gan:
-        print(f"evaluating {GAN_ROW}, {GAN_PROTOCOL}", flush=True)
         gan = GanEditor.from_pretrained(config.gan, device=config.device)
         editor = lambda faces, targets: gan.edit_faces(faces, targets)  # noqa: E731
-        evaluation = setup.evaluate(editor, gan.device)
-        write_report(evaluation, out / "evaluations" / "gan", f"{GAN_ROW}, {GAN_PROTOCOL}")
-        rows.append({"variant": GAN_ROW, "protocol": GAN_PROTOCOL, "settings": None, "metrics": evaluation.metrics})
+        row = {"variant": GAN_ROW, "protocol": GAN_PROTOCOL, "settings": None}
+        key = {"model": model_fingerprint(Path(config.gan)), "device": gan.device.type, "bf16": gan.bf16}
+        rows.append(measure(out / "evaluations" / "gan", f"{GAN_ROW}, {GAN_PROTOCOL}", row, key, lambda: setup.evaluate(editor, gan.device)))
         models[GAN_ROW] = Path(config.gan)
     real = rows[0]["metrics"]["real_inputs"]
     runs = {variant: run_record(model) for variant, model in models.items()}
