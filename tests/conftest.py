@@ -4,6 +4,7 @@ never committed). Tests marked ``slow`` run end-to-end jobs; ``pytest -m "not sl
 from __future__ import annotations
 
 import gzip
+import os
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,10 @@ import torch
 from PIL import Image
 
 from emodiff.labels import SPLITS
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one worker per core: each keeps to one thread, and so do the commands it starts
+    os.environ["OMP_NUM_THREADS"] = "1"
+    torch.set_num_threads(1)
 
 REAL_CSV = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "fer2013_train_public.csv.gz"
 SHARED_PHOTOS = Path(__file__).resolve().parents[1].parent / "shared" / "photos"
