@@ -242,3 +242,16 @@ def test_per_face_push_re_edits_at_the_higher_scales_only_what_the_cnn_does_not_
     np.testing.assert_array_equal(mixed[~weak], gentle[~weak])
     # re-edited in a smaller batch: the same up to fp32 kernels' rounding (pipeline.edit_faces)
     assert np.abs(mixed[weak].astype(int) - strong[weak]).max() <= 1
+
+
+@pytest.mark.parametrize("name, own", [("guidance_rescale", ["--phi", "1.5"]), ("per_face_push", ["--high", "2", "--threshold", "1.5"])])
+def test_experiment_tools_share_evaluates_options_and_refuse_a_bad_value_by_name(name, own, tmp_path, capsys):
+    tool = _load_tool(name)
+    with pytest.raises(SystemExit) as stopped:
+        tool.main(["--data", "fer.csv", "--out", str(tmp_path / "out"), *own])
+    assert stopped.value.code == 2 and "must be in 0..1, got 1.5" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        tool.main(["--help"])
+    shown = capsys.readouterr().out
+    assert all(option in shown for option in ("--model", "--data", "--faces", "--per-class", "--out"))

@@ -10,10 +10,8 @@ Measured and not kept (docs/levers.md, "Guidance rescale").
 model's edit defaults, as `emodiff evaluate` uses them.
 """
 
-import argparse
-from pathlib import Path
-
-from emodiff.evaluation import load_evaluation_inputs, write_report
+from emodiff.cli import experiment_parser
+from emodiff.evaluation import evaluate_experiment
 from emodiff.pipeline import EmotionEditPipeline
 from emodiff.settings import EditSettings
 
@@ -35,14 +33,9 @@ def rescaled(guided, phi: float):
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--phi", type=float, required=True, help="share of the rescaled prediction, 0..1")
     parser.add_argument("--guidance-times", type=float, default=1.0, help="factor on every per-emotion guidance scale (default: 1)")
-    parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    parser.add_argument("--data", required=True, help="the FER-2013 CSV")
-    parser.add_argument("--faces", choices=("tuning", "reporting", "all"), default="tuning")
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if not 0 <= args.phi <= 1:
         parser.error(f"--phi must be in 0..1, got {args.phi}")
@@ -50,13 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     scales = pipe.edit_defaults.get("guidance", {})
     pipe = pipe.with_edit_defaults({**pipe.edit_defaults, "guidance": {k: v * args.guidance_times for k, v in scales.items()}})
     pipe._guided = rescaled(pipe._guided, args.phi)
-    setup = load_evaluation_inputs(args.data, "PublicTest", args.per_class, part=args.faces)
     settings = EditSettings(push_threshold=0.0)  # the defaults it was measured against, before the push
-    evaluation = setup.evaluate(lambda faces, targets: pipe.edit_faces(faces, targets, settings), pipe.device)
-    write_report(evaluation, args.out, f"Guidance rescale {args.phi:g}, guidance x{args.guidance_times:g}")
-    m = evaluation.metrics
-    print(f"macro F1 {m['emotion']['macro_f1']:.3f}; second judge {m['second_judge']['emotion']['macro_f1']:.3f}; "
-          f"identity kept {m['identity']['kept_fraction']:.0%}; report in {args.out}")  # fmt: skip
+    editor = lambda faces, targets: pipe.edit_faces(faces, targets, settings)  # noqa: E731
+    title = f"Guidance rescale {args.phi:g}, guidance x{args.guidance_times:g}"
+    evaluate_experiment(editor, pipe.device, args.data, args.faces, args.per_class, args.out, title)
 
 
 if __name__ == "__main__":

@@ -14,14 +14,12 @@ one decode is the default since (``EditSettings.push_threshold``).
 defaults); ``emodiff compare`` pairs two such reports.
 """
 
-import argparse
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from emodiff.data import to_tensor
-from emodiff.evaluation import load_evaluation_inputs, write_report
+from emodiff.cli import experiment_parser
+from emodiff.evaluation import evaluate_experiment
 from emodiff.pipeline import EmotionEditPipeline
 from emodiff.settings import EditSettings
 
@@ -54,27 +52,18 @@ def per_face_editor(pipe: EmotionEditPipeline, low: float, high: float, threshol
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = experiment_parser(__doc__)
     parser.add_argument("--low", type=float, default=1.0, help="factor on the per-emotion scales of the first edit (default: 1)")
     parser.add_argument("--high", type=float, required=True, help="factor on them for an edit that does not read yet")
     parser.add_argument("--threshold", type=float, required=True, help="the CNN's probability of the target an edit must reach, 0..1")
-    parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
-    parser.add_argument("--data", required=True, help="the FER-2013 CSV")
-    parser.add_argument("--faces", choices=("tuning", "reporting", "all"), default="tuning")
-    parser.add_argument("--per-class", type=int, default=20)
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
     if not 0 <= args.threshold <= 1:
         parser.error(f"--threshold must be in 0..1, got {args.threshold}")
     if min(args.low, args.high) <= 0:
         parser.error(f"--low and --high must be positive, got {args.low} and {args.high}")
     pipe = EmotionEditPipeline.from_pretrained(args.model)
-    setup = load_evaluation_inputs(args.data, "PublicTest", args.per_class, part=args.faces)
-    evaluation = setup.evaluate(per_face_editor(pipe, args.low, args.high, args.threshold), pipe.device)
-    write_report(evaluation, args.out, f"Each face pushed as hard as it needs: x{args.low:g}, then x{args.high:g} below p = {args.threshold:g}")
-    m = evaluation.metrics
-    print(f"macro F1 {m['emotion']['macro_f1']:.3f}; second judge {m['second_judge']['emotion']['macro_f1']:.3f}; "
-          f"identity kept {m['identity']['kept_fraction']:.0%}; report in {args.out}")  # fmt: skip
+    title = f"Each face pushed as hard as it needs: x{args.low:g}, then x{args.high:g} below p = {args.threshold:g}"
+    evaluate_experiment(per_face_editor(pipe, args.low, args.high, args.threshold), pipe.device, args.data, args.faces, args.per_class, args.out, title)
 
 
 if __name__ == "__main__":

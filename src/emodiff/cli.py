@@ -366,6 +366,18 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def experiment_parser(description: str) -> argparse.ArgumentParser:
+    """The options every experiment script in tools/ shares with ``emodiff evaluate`` (the model, the
+    data, which PublicTest faces, how many, where the report goes); a script adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default=None, help="model directory (default: the shipped model)")
+    parser.add_argument("--data", required=True, help="the FER-2013 CSV")
+    parser.add_argument("--faces", choices=("tuning", "reporting", "all"), default="tuning", help="which PublicTest faces (default: tuning)")
+    parser.add_argument("--per-class", type=int, default=20, help="inputs per source emotion (default: 20)")
+    parser.add_argument("--out", type=Path, required=True, help="folder for the report")
+    return parser
+
+
 def _evaluation_inputs(args):
     """Everything evaluate and sweep need, loaded after every option has been checked."""
     from .evaluation import load_evaluation_inputs
@@ -374,7 +386,7 @@ def _evaluation_inputs(args):
 
 
 def _cmd_evaluate(args) -> int:
-    from .evaluation import write_report
+    from .evaluation import headline, write_report
 
     settings = _config(EditSettings, args)
     pipeline = _pipeline(args)
@@ -382,12 +394,7 @@ def _cmd_evaluate(args) -> int:
     editor = lambda faces, targets: pipeline.edit_faces(faces, targets, settings, seed=args.seed)  # noqa: E731
     evaluation = setup.evaluate(editor, pipeline.device)
     write_report(evaluation, Path(args.out), f"Evaluation of {args.model or 'the shipped model'} on {args.split}", _command_line())
-    m = evaluation.metrics
-    second = m.get("second_judge")
-    second_text = f"; second judge: macro F1 {second['emotion']['macro_f1']:.3f} (real inputs {second['real_inputs']['macro_f1']:.3f})" if second else ""
-    hands_text = f"; hands drawn on {m['hands']['drawn']:.1%} of edits" if "hands" in m else ""
-    print(f"macro F1 {m['emotion']['macro_f1']:.3f} (real inputs {m['real_inputs']['macro_f1']:.3f}){second_text}; identity kept "
-          f"{m['identity']['kept_fraction']:.0%}, median distance {m['identity']['median_distance']:.3f}{hands_text}; report in {args.out}")
+    print(f"{headline(evaluation.metrics)}; report in {args.out}")
     return 0
 
 

@@ -238,6 +238,25 @@ def load_evaluation_inputs(
     return EvaluationSetup(inputs, faces, judge_model, IdentityModel(), second_model, hand_detector(everything.split("Training"), judge_model))
 
 
+def headline(metrics: dict) -> str:
+    """An evaluation's numbers in one line, as ``emodiff evaluate`` prints them."""
+    second = metrics.get("second_judge")
+    second_text = f"; second judge: macro F1 {second['emotion']['macro_f1']:.3f} (real inputs {second['real_inputs']['macro_f1']:.3f})" if second else ""
+    hands_text = f"; hands drawn on {metrics['hands']['drawn']:.1%} of edits" if "hands" in metrics else ""
+    return (f"macro F1 {metrics['emotion']['macro_f1']:.3f} (real inputs {metrics['real_inputs']['macro_f1']:.3f}){second_text}; identity kept "
+            f"{metrics['identity']['kept_fraction']:.0%}, median distance {metrics['identity']['median_distance']:.3f}{hands_text}")  # fmt: skip
+
+
+def evaluate_experiment(editor: Editor, device: torch.device, data: str, faces: str, per_class: int, out: Path, title: str) -> dict:
+    """An editor that is no option of ``emodiff edit`` measured as ``emodiff evaluate`` measures one
+    (PublicTest's ``faces`` half, both judges, identity), its report written to ``out``: how a script
+    in tools/ tries a lever without adding it to the package. Returns the metrics, printed in one line."""
+    evaluation = load_evaluation_inputs(data, "PublicTest", per_class, part=faces).evaluate(editor, device)
+    write_report(evaluation, Path(out), title)
+    print(f"{headline(evaluation.metrics)}; report in {out}")
+    return evaluation.metrics
+
+
 def hand_detector(train: FaceSet, judge: EmotionJudge) -> HandDetector | None:
     """The hand detector on the judge's features (the judge only reports, so it may look), fitted to
     the hand labels; None where the data lacks the Training faces they mark (hands are then not counted)."""
