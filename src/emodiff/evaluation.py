@@ -196,7 +196,7 @@ class EvaluationSetup:
             digest.update(np.ascontiguousarray(faces.images).tobytes() + np.asarray(faces.labels, np.int64).tobytes())
         for model in (self.judge, self.second_judge):
             for name, tensor in (model.state_dict() if model is not None else {}).items():
-                digest.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
+                digest.update(name.encode() + tensor.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())  # any dtype
         if self.hands is not None:
             for array in (self.hands.mean, self.hands.scale, self.hands.regression.coef_, self.hands.regression.intercept_):
                 digest.update(np.ascontiguousarray(array, np.float64).tobytes())
