@@ -455,6 +455,30 @@ def test_seam_score_ignores_a_steep_change_inside_the_edit_but_not_the_same_chan
     assert seam_score(photo, cut) >= 8.0
 
 
+def test_seam_score_sees_a_cut_on_a_small_grainy_face_where_edges_are_everywhere():
+    """A small face in a grainy photo has an edge within 3 pixels of almost every pixel: a score that
+    left those out saw nothing there, a real cut included (the astronaut, README "Seams")."""
+    from scipy import ndimage
+
+    from emodiff.photo_evaluation import FLAT, _steps, seam_score
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:120, 0:120].astype(np.float64)
+    pixels = 110 + 0.2 * xx
+    for cy in range(3, 120, 7):  # grain: a dark speck every 7 pixels
+        for cx in range(3, 120, 7):
+            pixels -= 25 * np.exp(-((yy - cy - rng.uniform(-1, 1)) ** 2 + (xx - cx - rng.uniform(-1, 1)) ** 2) / 2)
+    coarse = Image.fromarray(rng.uniform(-40, 40, (12, 12)).astype(np.float32))
+    ramp = np.clip(np.minimum(np.minimum(yy, 119 - yy), np.minimum(xx, 119 - xx)) / 20, 0, 1)
+    change = np.asarray(coarse.resize((120, 120), Image.BICUBIC), dtype=np.float64) * ramp * ramp * (3 - 2 * ramp)
+    as_photo = lambda a: Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")  # noqa: E731
+    photo = as_photo(pixels)
+    base = np.asarray(photo.convert("L")).astype(np.float64)
+    assert ndimage.binary_dilation(_steps(ndimage.uniform_filter(base, 3)) >= FLAT, iterations=3).mean() > 0.95
+    assert seam_score(photo, as_photo(base + change)) <= 1.0
+    assert seam_score(photo, as_photo(base + change * ((yy - 60) ** 2 + (xx - 60) ** 2 < 35**2))) >= 8.0
+
+
 def test_seam_score_ignores_texture_carried_far_by_a_warp_but_not_a_seam_on_it():
     """A warp moves textured skin several pixels into places that were flat; aligned by optical
     flow first, that is no seam. The same warp with a pasted-on step across a flat cheek is one."""

@@ -19,14 +19,15 @@ from PIL import Image
 from scipy import ndimage
 
 from emodiff.labels import EMOTIONS
-from emodiff.photo_evaluation import EDGE_MARGIN, FLAT, _luma, _steps, aligned_input, crop_region, seam_score
+from emodiff.photo_evaluation import FLAT, _luma, _steps, aligned_input, crop_region, seam_score
 from emodiff.photos import PastePlan, Preparer, _channels, _to_photo, load_photo
 from emodiff.pipeline import load_editor
 from emodiff.settings import EditSettings
 
 
-def former_score(original: Image.Image, edited: Image.Image, region: np.ndarray) -> float:
-    """The seam score before 2026-12-07: every step of the change where the photo is flat counted."""
+def former_score(original: Image.Image, edited: Image.Image, region: np.ndarray, margin: int = 3) -> float:
+    """The seam score until d5c5f31: every step of the change where the photo is flat (and
+    ``margin`` pixels from its edges) counted."""
     rows, cols = np.flatnonzero(region.any(axis=1)), np.flatnonzero(region.any(axis=0))
     box = np.s_[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     before, after, region = _luma(original)[box], _luma(edited)[box], region[box]
@@ -34,7 +35,7 @@ def former_score(original: Image.Image, edited: Image.Image, region: np.ndarray)
         return 0.0
     aligned = aligned_input(before, after)
     step = np.minimum(_steps(after - before), _steps(after - aligned))
-    flat = ~ndimage.binary_dilation(_steps(ndimage.uniform_filter(aligned, 3)) >= FLAT, iterations=EDGE_MARGIN) & region
+    flat = ~ndimage.binary_dilation(_steps(ndimage.uniform_filter(aligned, 3)) >= FLAT, iterations=margin) & region
     return float(np.percentile(step[flat], 99.9)) if flat.any() else 0.0
 
 
