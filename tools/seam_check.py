@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from emodiff.labels import EMOTIONS
 from emodiff.photo_evaluation import FLAT, _luma, _steps, aligned_input, crop_region, seam_score
-from emodiff.photos import PastePlan, Preparer, _channels, _to_photo, load_photo
+from emodiff.photos import PastePlan, Preparer, _to_photo, load_photo
 from emodiff.pipeline import load_editor
 from emodiff.settings import EditSettings
 
@@ -40,19 +40,14 @@ def former_score(original: Image.Image, edited: Image.Image, region: np.ndarray,
 
 
 def cut_paste(plan: PastePlan, photo: Image.Image, edited: np.ndarray) -> Image.Image:
-    """``edited`` pasted as shipped (its change under the plan's mask) where that mask, resampled to the
-    photo, is at least one half, and not at all elsewhere."""
-    pixels = np.array(photo.crop(plan.box))
-    view = _channels(pixels, photo.mode)
-    change = _to_photo((edited.astype(np.float32) - plan.original.astype(np.float32)) * plan.mask, plan.face, plan.box)
-    inside = _to_photo(plan.mask.astype(np.float32), plan.face, plan.box) >= 0.5
-    keep = 1 if plan.keep is None else plan.keep
-    updated = np.clip(np.rint(view + (change * inside)[..., None] * keep), 0, 255).astype(np.uint8)
-    touched = np.broadcast_to(plan.inside, view.shape) & (updated != view)
-    view[touched] = updated[touched]
-    result = photo.copy()
-    result.paste(Image.fromarray(pixels), plan.box)
-    return result
+    """``edited`` pasted as shipped (``plan.paste``), kept only where the plan's mask, resampled to
+    the photo, is at least one half: the photo's own pixels elsewhere."""
+    left, top, right, bottom = plan.box
+    half = (_to_photo(plan.mask.astype(np.float32), plan.face, plan.box) >= 0.5)[..., None]
+    pixels, shipped = np.array(photo), np.asarray(plan.paste(photo, edited))
+    region = pixels[top:bottom, left:right]
+    pixels[top:bottom, left:right] = np.where(half if region.ndim == 3 else half[..., 0], shipped[top:bottom, left:right], region)
+    return Image.fromarray(pixels)
 
 
 def main(argv: list[str] | None = None) -> None:
