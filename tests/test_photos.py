@@ -247,6 +247,19 @@ def test_an_occluder_across_the_mouth_is_kept_and_the_face_around_it_still_chang
     assert face_ops.occluder_mask(photo, face, (0, 0, photo.width, photo.height)) is None  # nothing covers the bare face
 
 
+def test_the_change_fades_in_from_an_occluder_without_a_step(photo, finder):
+    """A strong, even change beside the bar starts from nothing and grows without a step: until
+    2026-12-07 it rose to whole in a few pixels, and the seam score read 3-6 beside docs/photos' bars."""
+    from emodiff.photo_evaluation import crop_region, photo_variants, seam_score
+
+    larger = photo.resize((photo.width * 2, photo.height * 2), Image.BICUBIC)  # a fade of a few pixels hides in the bar's edge on a small face
+    occluded = photo_variants(larger, finder.find(larger)[0])["occluded"]
+    found = finder.find(occluded)[0]
+    crop = face_ops.crop(occluded, found)
+    pasted = face_ops.paste(occluded, found, crop, np.clip(crop.astype(int) - 30, 0, 255).astype(np.uint8))
+    assert seam_score(occluded, pasted, crop_region(occluded, found)) <= 2  # 5 before
+
+
 def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_it_is(photo, finder):
     """The model edits a face, not a bar: under the occluder the crop is filled from the skin around
     it (closer to the bare face than the bar is), elsewhere it is the crop exactly."""

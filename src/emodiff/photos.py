@@ -63,6 +63,11 @@ OCCLUDER_SCALE = 64
 OCCLUDER_DEVIATION = 3.0
 OCCLUDER_AREA = 0.04
 SKIN_NOISE = np.array([4.0, 1.5, 1.5], dtype=np.float32)
+# The change fades in from an occluder over OCCLUDER_FADE eye distances. Until 2026-12-07 it did so in
+# a few photo pixels (a blur of 2 pixels at OCCLUDER_SCALE), and the change stepped by 3-6 grey levels
+# beside the bar of docs/photos' occluded copies; at 0.19 every occluded copy of the three photos whose
+# edits leave enough of an edge to score steps at most 2, as the bare photos do (README "Seams").
+OCCLUDER_FADE = 0.19
 CROP_LIMIT = 64  # inputs no larger than this on both sides are taken as face crops already
 MIN_SIDE = 16  # smaller inputs hold no face worth editing
 DETECT_SIDE = 2000  # faces are looked for at no more than this many pixels on the photo's longer side
@@ -369,7 +374,8 @@ def landmark_mask(face: Face, size: int) -> np.ndarray:
 
 def occluder_mask(photo: Image.Image, face: Face, box: tuple[int, int, int, int]) -> np.ndarray | None:
     """Where something covers the face (a microphone, a hand holding a phone, a scarf), over the
-    photo pixels of ``box``: 1 there, fading to 0 around it; None where nothing does.
+    photo pixels of ``box``: 1 there and a margin around it, fading to 0 over OCCLUDER_FADE eye
+    distances; None where nothing does.
 
     A pixel is not skin when it lies OCCLUDER_DEVIATION robust deviations from the face's own skin
     (median and MAD over the face away from its features) in brightness or, in a colour photo, in
@@ -409,9 +415,10 @@ def occluder_mask(photo: Image.Image, face: Face, box: tuple[int, int, int, int]
     occluders = occluders[occluders > 0]
     if not len(occluders):
         return None
-    found = np.isin(labels, occluders).astype(np.float32)
-    found = cv2.GaussianBlur(cv2.dilate(found, np.ones((5, 5), np.uint8)), (0, 0), 2.0)  # a margin, then a fade
-    return np.clip(cv2.resize(found, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR) * 1.5, 0, 1)
+    grown = cv2.dilate(np.isin(labels, occluders).astype(np.uint8), np.ones((5, 5), np.uint8))  # a margin
+    distance = cv2.distanceTransform(1 - grown, cv2.DIST_L2, 5) / (OCCLUDER_FADE * OCCLUDER_SCALE)
+    fade = np.clip(cv2.resize(distance, (right - left, bottom - top), interpolation=cv2.INTER_LINEAR), 0, 1)
+    return 1 - fade * fade * (3 - 2 * fade)  # smoothstep: no kink where the change begins or where it is whole
 
 
 def fill_occluder(photo: Image.Image, face: Face, crop_: np.ndarray) -> np.ndarray:
@@ -433,7 +440,8 @@ def fill_occluder(photo: Image.Image, face: Face, crop_: np.ndarray) -> np.ndarr
     v, u = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # crop pixel centres, into the box's pixel grid
     map_x = (a * u + b * v + c - box[0] - 0.5).astype(np.float32)
     map_y = (d * u + e * v + f - box[1] - 0.5).astype(np.float32)
-    hole = cv2.remap(covered.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.5
+    on_it = (covered >= 1).astype(np.float32)  # the occluder and its margin, not the fade around them
+    hole = cv2.remap(on_it, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.5
     if not hole.any():
         return crop_
     return cv2.inpaint(np.ascontiguousarray(crop_), hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
