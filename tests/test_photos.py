@@ -422,6 +422,13 @@ class _CornerJudge:
         return torch.nn.functional.one_hot(((level + 1) / 2 * 7).clamp(0, 6.99).long(), 7).float()
 
 
+class _MirroredCornerJudge(_CornerJudge):
+    """_CornerJudge's bands read in reverse: a second judge that disagrees with the first, predictably."""
+
+    def predict_proba(self, x):
+        return super().predict_proba(x).flip(-1)
+
+
 class _BandEditor:
     """Edits every face to a flat crop of the target's brightness band: what _CornerJudge reads as the target."""
 
@@ -444,6 +451,20 @@ def test_evaluate_photos_judges_the_48x48_edits_and_the_re_cropped_photos_apart_
     uncovered = [r for r in rows if r["copy"] != "occluded"]
     assert len(uncovered) == 28 and m["macro_f1_uncovered"] == _emotion(uncovered, "judged")["macro_f1"]
     assert m["outside_changed"] == 0
+    assert m["macro_f1_crops_second"] is None and m["macro_f1_crops_uncovered_second"] is None  # one judge: nothing for a second
+
+
+def test_evaluate_photos_reports_the_second_judge_on_the_48x48_edits_too(photo_path):
+    """Whether the paste-back thins the change or only one judge reads it so: each judge on both."""
+    from emodiff.photo_evaluation import evaluate_photos
+    from emodiff.settings import EditSettings
+
+    evaluation = evaluate_photos(_BandEditor(), [photo_path], EditSettings(), [_CornerJudge(), _MirroredCornerJudge()], variants=True)
+    m, rows = evaluation.metrics, evaluation.rows
+    assert all(r["judged_crop"] == r["target"] and r["judged_crop_second"] == EMOTIONS[6 - EMOTIONS.index(r["target"])] for r in rows)
+    assert m["macro_f1_crops"] == 1.0 and m["macro_f1_crops_second"] == pytest.approx(1 / 7)  # only the middle band, happy, reads the same reversed
+    assert m["macro_f1_crops_uncovered_second"] == pytest.approx(1 / 7)
+    assert all(r["judged_second"] == EMOTIONS[6 - EMOTIONS.index(r["judged"])] for r in rows)  # on the photos, the first's verdict reversed
 
 
 def test_seam_score_ignores_a_steep_change_inside_the_edit_but_not_the_same_change_cut_off():

@@ -520,7 +520,8 @@ def _cmd_evaluate_photos(args) -> int:
     write_photo_report(evaluation, Path(args.out), _command_line())
     m = evaluation.metrics
     second = f" (second judge {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else ""
-    print(f"macro F1 {m['macro_f1']:.3f}{second} (the 48x48 edits before the paste-back {m['macro_f1_crops']:.3f}), "
+    second_crops = f", second judge {m['macro_f1_crops_second']:.3f}" if m.get("macro_f1_crops_second") is not None else ""
+    print(f"macro F1 {m['macro_f1']:.3f}{second} (the 48x48 edits before the paste-back {m['macro_f1_crops']:.3f}{second_crops}), "
           f"identity kept {m['identity_kept']:.0%}, seam median {m['seam_median']:.2f}, "
           f"pixels changed outside the faces {m['outside_changed']}; report in {args.out}")
     return 0

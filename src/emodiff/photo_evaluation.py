@@ -259,12 +259,14 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
             reference = identity.descriptor(photo, face)
             recropped = np.stack([crop(edited, face) for edited in outputs])
             verdicts = [judge_labels(judge, recropped) for judge in judges]
-            on_crops = judge_labels(judges[0], edits[0])  # the 48x48 edits themselves, before the paste-back
-            for target, edited, crop_verdict, *verdict in zip(targets, outputs, on_crops, *verdicts):
+            on_crops = [judge_labels(judge, edits[0]) for judge in judges]  # the 48x48 edits themselves, before the paste-back
+            for target, edited, *verdict in zip(targets, outputs, *verdicts, *on_crops):
+                on_photo, on_crop = verdict[: len(judges)], verdict[len(judges) :]
                 rows.append({
-                    "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[int(verdict[0])],
-                    "judged_crop": EMOTIONS[int(crop_verdict)],
-                    "judged_second": EMOTIONS[int(verdict[1])] if len(verdict) > 1 else None,
+                    "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[int(on_photo[0])],
+                    "judged_crop": EMOTIONS[int(on_crop[0])],
+                    "judged_second": EMOTIONS[int(on_photo[1])] if len(judges) > 1 else None,
+                    "judged_crop_second": EMOTIONS[int(on_crop[1])] if len(judges) > 1 else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
                     "occluder_changed": _changed_fraction(photo, edited, bar) if copy == OCCLUDED else None,
@@ -287,6 +289,8 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         "macro_f1_crops": crops["macro_f1"],  # the judge on the 48x48 edits: what the paste-back starts from
         "macro_f1_second": second and second["macro_f1"],
         "f1_second": second and second["f1"],
+        # the second judge's verdict on the same two: whether the paste-back thins the change, or one judge's reading of it
+        "macro_f1_crops_second": second and _emotion(rows, "judged_crop_second")["macro_f1"],
         "identity_kept": float(np.mean(distances < IDENTITY_THRESHOLD)),
         "identity_median": float(np.median(distances)),
         "seam_median": float(np.median([r["seam"] for r in rows])),
@@ -297,6 +301,8 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         # crop, so the two are comparable on the copies nothing covers
         "macro_f1_uncovered": _emotion(uncovered, "judged")["macro_f1"] if uncovered else None,
         "macro_f1_crops_uncovered": _emotion(uncovered, "judged_crop")["macro_f1"] if uncovered else None,
+        "macro_f1_uncovered_second": _emotion(uncovered, "judged_second")["macro_f1"] if uncovered and second else None,
+        "macro_f1_crops_uncovered_second": _emotion(uncovered, "judged_crop_second")["macro_f1"] if uncovered and second else None,
         "by_copy": {copy: _copy_metrics([r for r in rows if r["copy"] == copy]) for copy in dict.fromkeys(r["copy"] for r in rows)},
     }
     sheet = labelled_grid(np.asarray(sheet_rows), names, ["input", *EMOTIONS], scale=1)
@@ -326,6 +332,7 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
         f"Macro F1 of the judge on the re-cropped faces **{m['macro_f1']:.3f}**"
         + (f" (second judge, which only reports: {m['macro_f1_second']:.3f})" if m.get("macro_f1_second") is not None else "")
         + f", on the 48x48 edits before they were pasted back {m['macro_f1_crops']:.3f}"
+        + (f" (second judge {m['macro_f1_crops_second']:.3f})" if m.get("macro_f1_crops_second") is not None else "")
         + f"; identity kept (distance < {IDENTITY_THRESHOLD}, "
         f"at the photo's resolution) **{m['identity_kept']:.0%}** (median {m['identity_median']:.3f}); seam score median "
         f"{m['seam_median']:.2f}, largest {m['seam_max']:.2f} grey levels per pixel (an unedited photo scores 0); pixels "
@@ -342,8 +349,10 @@ def write_photo_report(evaluation: PhotoEvaluation, out: Path, command: str | No
         lines += [
             "",
             f"On the photos nothing covers (every copy but the occluded one) the judge reads the re-cropped faces at "
-            f"{m['macro_f1_uncovered']:.3f} against {m['macro_f1_crops_uncovered']:.3f} on their 48x48 edits. The occluded copy is "
-            "edited with the bar filled in, and the bar stays on the photo, over the mouth the judge reads.",
+            f"{m['macro_f1_uncovered']:.3f} against {m['macro_f1_crops_uncovered']:.3f} on their 48x48 edits"
+            + (f" (the second judge {m['macro_f1_uncovered_second']:.3f} against {m['macro_f1_crops_uncovered_second']:.3f})"
+               if m.get("macro_f1_uncovered_second") is not None else "")
+            + ". The occluded copy is edited with the bar filled in, and the bar stays on the photo, over the mouth the judge reads.",
             "",
             "| copy | edits | macro F1 | on the 48x48 edits | identity kept | seam median |",
             "|---|---|---|---|---|---|",
