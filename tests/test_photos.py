@@ -148,6 +148,19 @@ def test_multi_face_photo_with_each_face_choice(model_dir, tmp_path, two_faces, 
         assert (region > 1.0) == (index in edited_faces), (choice, index, region)
 
 
+def test_the_largest_face_is_a_face_the_detector_is_sure_of_not_a_larger_badge(photo, finder):
+    """Scanned at 3x, the astronaut's mission patch is found as a face larger than hers, at a score
+    near zero: ``largest`` still edits her; ``all`` lists both, as the detector found them."""
+    larger = photo.resize((photo.width * 3, photo.height * 3), Image.BICUBIC)
+    found = finder.find(larger)
+    face = min(found, key=lambda f: f.box[1])  # hers is above the patch
+    badge = max(found, key=lambda f: f.box[1])
+    assert len(found) == 2 and badge.area > face.area and badge.score < 0.1 * face.score
+    assert face_ops.select(found, "largest") == [face]
+    assert face_ops.select(found, "all") == found
+    assert face_ops.Preparer("largest")(larger).faces == [face]
+
+
 def test_bad_face_choice_is_refused_before_work(tmp_path, capsys, photo_path):
     assert main(["edit", str(photo_path), "--to", "happy", "--out", str(tmp_path / "o"), "--face", "middle"]) == 2
     assert "--face" in capsys.readouterr().err and not (tmp_path / "o").exists()
