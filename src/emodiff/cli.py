@@ -687,7 +687,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--to", required=True, help=f"target emotion(s), comma-separated, or 'all': {', '.join(EMOTIONS)}")
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--from", dest="source", default=None, help="the inputs' true emotion, for invert mode (default: predicted by the CNN encoder)")
-    p.add_argument("--face", default="largest", help="in photos: largest (of the faces the detector is about as sure of as its surest), all, or an index counted left to right from 0 (default: largest)")
+    p.add_argument("--face", default="largest", help="in photos: largest (of the faces found with at least half the surest one's confidence), all, or an index counted left to right from 0 (default: largest)")
     _blend(p)
     p.add_argument("--crop", action="store_true", help="in photos: also write each 48x48 face crop and its edits")
     p.add_argument("--no-detect", action="store_true", help="take every input as a face crop, whatever its size")
@@ -838,7 +838,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("images", nargs="*", help="image files (default: the bundled sample faces)")
     p.add_argument("--model", default=None, help="classifier model directory (default: the shipped CNN encoder)")
-    p.add_argument("--face", default="largest", help="in photos: largest (of the faces the detector is about as sure of as its surest), all, or an index counted left to right from 0 (default: largest)")
+    p.add_argument("--face", default="largest", help="in photos: largest (of the faces found with at least half the surest one's confidence), all, or an index counted left to right from 0 (default: largest)")
     return parser
 
 

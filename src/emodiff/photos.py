@@ -175,9 +175,9 @@ class FaceFinder:
 def select(faces: list[Face], which: str) -> list[Face]:
     """``largest``, ``all`` or a 0-based index into the faces ordered left to right.
 
-    ``largest`` is the largest of the faces the detector is about as sure of as of its surest
-    (LARGEST_CONFIDENCE of its score): on the bundled astronaut scanned at 3x, dlib also finds the
-    mission patch on her suit, larger than her face, at a score of 0.01 against her face's 1.48."""
+    ``largest`` is the largest of the faces the detector scores at least LARGEST_CONFIDENCE times as
+    high as its surest: on the bundled astronaut scanned at 3x, dlib also finds the mission patch on
+    her suit, larger than her face, at a score of 0.01 against her face's 1.48."""
     if which == "all":
         return faces
     if which == "largest":
