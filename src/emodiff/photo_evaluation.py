@@ -260,13 +260,13 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
             recropped = np.stack([crop(edited, face) for edited in outputs])
             verdicts = [judge_labels(judge, recropped) for judge in judges]
             on_crops = [judge_labels(judge, edits[0]) for judge in judges]  # the 48x48 edits themselves, before the paste-back
-            for target, edited, *verdict in zip(targets, outputs, *verdicts, *on_crops):
-                on_photo, on_crop = verdict[: len(judges)], verdict[len(judges) :]
+            two_judges = len(judges) > 1
+            for i, (target, edited) in enumerate(zip(targets, outputs)):
                 rows.append({
-                    "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[int(on_photo[0])],
-                    "judged_crop": EMOTIONS[int(on_crop[0])],
-                    "judged_second": EMOTIONS[int(on_photo[1])] if len(judges) > 1 else None,
-                    "judged_crop_second": EMOTIONS[int(on_crop[1])] if len(judges) > 1 else None,
+                    "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[verdicts[0][i]],
+                    "judged_crop": EMOTIONS[on_crops[0][i]],
+                    "judged_second": EMOTIONS[verdicts[1][i]] if two_judges else None,
+                    "judged_crop_second": EMOTIONS[on_crops[1][i]] if two_judges else None,
                     "identity_distance": float(np.linalg.norm(identity.descriptor(edited, face) - reference)),
                     "seam": seam_score(photo, edited, region), "outside_changed": outside_changes(photo, edited, [face]),
                     "occluder_changed": _changed_fraction(photo, edited, bar) if copy == OCCLUDED else None,
