@@ -85,6 +85,20 @@ def model_dir(tmp_path_factory):
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_judges(tmp_path_factory) -> list[str]:
+    """``--judge`` and ``--second-judge`` arguments naming tiny untrained judges of the shipped two
+    classes: for end-to-end commands whose tests check the plumbing, not the verdicts. The shipped
+    judges' 18 views at full resolution were most of the time of the Table 1 and sweep tests."""
+    from emodiff.encoders import EmotionJudge, TransformerJudge
+
+    torch.manual_seed(0)
+    judge, second = tmp_path_factory.mktemp("judge"), tmp_path_factory.mktemp("judge2")
+    EmotionJudge(widths=(8, 16), blocks=(1, 1), tta_shift=0, tta_rotate_deg=0.0, tta_zoom=0.0).eval().save_pretrained(judge)
+    TransformerJudge(stem_widths=(8, 16, 32), dim=32, depth=1, heads=2).eval().save_pretrained(second)
+    return ["--judge", str(judge), "--second-judge", str(second)]
+
+
 @pytest.fixture
 def face_files(tmp_path):
     rng = np.random.default_rng(0)

@@ -141,11 +141,11 @@ def test_evaluate_writes_report_metrics_and_figures(model_dir, fer_csv, tmp_path
 
 
 @pytest.mark.slow
-def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path):
+def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path, tiny_judges):
     import json
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu", *tiny_judges]
     grid = ["--modes", "invert,paper", "--strengths", "0.5", "--guidances", "1,3", "--steps", "2", "--keep-detail", "off,on"]  # strengths: the mouth-strength test
     assert main([*args, *grid]) == 0
     result = json.loads((out / "sweep.json").read_text())
@@ -173,11 +173,11 @@ def test_sweep_covers_the_grid_and_marks_its_choice(model_dir, fer_csv, tmp_path
     assert main(["compare", str(out / files[0]), str(out / files[-1])]) == 0
 
 
-def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, fer_csv, tmp_path):
+def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, fer_csv, tmp_path, tiny_judges):
     import json
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu", *tiny_judges]
     grid = ["--modes", "invert", "--strengths", "0.3,0.6", "--mouth-strengths", "0,0.5", "--guidances", "2", "--steps", "4", "--keep-detail", "on"]
     assert main([*args, *grid, "--push-thresholds", "0"]) == 0  # as sweeps ran before the push was the default
     rows = json.loads((out / "sweep.json").read_text())["rows"]
@@ -186,11 +186,11 @@ def test_sweep_over_mouth_strengths_keeps_those_above_each_strength(model_dir, f
     assert "| mouth strength |" in (out / "sweep.md").read_text() and "| 0.3 | 0.5 |" in (out / "sweep.md").read_text()
 
 
-def test_sweep_over_push_factors_gives_the_push_off_one_row(model_dir, fer_csv, tmp_path):
+def test_sweep_over_push_factors_gives_the_push_off_one_row(model_dir, fer_csv, tmp_path, tiny_judges):
     import json
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu"]
+    args = ["sweep", "--model", str(model_dir), "--data", str(fer_csv), "--per-class", "1", "--out", str(out), "--device", "cpu", *tiny_judges]
     grid = ["--modes", "invert", "--strengths", "0.3", "--guidances", "2", "--steps", "4", "--keep-detail", "on"]
     assert main([*args, *grid, "--own-scales", "--push-thresholds", "0,0.5", "--push-factors", "0.5:1.5,0.6:2"]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]

@@ -127,12 +127,12 @@ def test_bad_inputs_to_train_gan_are_clear_errors(fer_csv, tmp_path, capsys, arg
 
 
 @pytest.mark.slow
-def test_sweep_gives_a_gan_one_row_beside_the_diffusion_grid(gan_dir, model_dir, fer_csv, tmp_path):
+def test_sweep_gives_a_gan_one_row_beside_the_diffusion_grid(gan_dir, model_dir, fer_csv, tmp_path, tiny_judges):
     import json
 
     out = tmp_path / "sweep"
     args = ["--strengths", "0.4", "--guidances", "5", "--keep-detail", "on", "--steps", "2", "--per-class", "1"]
-    assert main(["sweep", "--data", str(fer_csv), "--model", str(gan_dir), "--model", str(model_dir), "--out", str(out), "--device", "cpu", *args]) == 0
+    assert main(["sweep", "--data", str(fer_csv), "--model", str(gan_dir), "--model", str(model_dir), "--out", str(out), "--device", "cpu", *args, *tiny_judges]) == 0
     rows = json.loads((out / "sweep.json").read_text())["rows"]
     assert [r["mode"] for r in rows] == ["gan", "invert"] and rows[0]["strength"] is None and rows[1]["strength"] == 0.4
     assert " | gan | – | – | – | – | " in (out / "sweep.md").read_text()

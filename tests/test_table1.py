@@ -17,9 +17,10 @@ def _untimed(summary: dict) -> list[dict]:
 
 
 @pytest.mark.slow
-def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_csv, tmp_path, capsys):
+def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_csv, tmp_path, capsys, tiny_judges):
     out = tmp_path / "table1"
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *TINY]) == 0
+    tiny = [*TINY, *tiny_judges]
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *tiny]) == 0
 
     table = (out / "table1.md").read_text()
     for variant, f1 in PAPER_TABLE1.items():
@@ -38,11 +39,11 @@ def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_
     assert all("CPU" in r["hardware"] for r in summary["runs"].values())
 
     capsys.readouterr()
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *TINY]) != 0
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), *tiny]) != 0
     assert "add --resume" in capsys.readouterr().err
     checkpoints = {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
     capsys.readouterr()
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), "--resume", *TINY]) == 0
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(out), "--resume", *tiny]) == 0
     printed = capsys.readouterr().out
     assert printed.count("already trained") == 3 and printed.count("measured before with the same model, settings and faces, kept") == 6 and "evaluating" not in printed
     assert checkpoints == {v: (out / "runs" / v / "checkpoint.safetensors").stat().st_mtime_ns for v in PAPER_TABLE1}
@@ -54,7 +55,7 @@ def test_reproduce_table1_trains_evaluates_resumes_and_reevaluates_the_same(fer_
     train_gan(GanTrainConfig(data=str(fer_csv), out=str(gan), images=32, batch_size=16, device="cpu", generator_channels=(8, 16), residual_blocks=1))
     models = [f"{v}={out / 'runs' / v}" for v in PAPER_TABLE1]
     again = tmp_path / "again"
-    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(again), "--models", *models, "--gan", str(gan), *TINY]) == 0
+    assert main(["reproduce-table1", "--data", str(fer_csv), "--out", str(again), "--models", *models, "--gan", str(gan), *tiny]) == 0
     assert not (again / "runs").exists()
     rerun = json.loads((again / "table1.json").read_text())
     assert _untimed(rerun)[:6] == _untimed(summary)

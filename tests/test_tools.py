@@ -167,7 +167,7 @@ def test_guidance_rescale_brings_the_guided_prediction_to_the_conditional_spread
 
 
 @pytest.mark.slow
-def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_baseline(model_dir, fer_csv, tmp_path):
+def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_baseline(model_dir, fer_csv, tmp_path, tiny_judges):
     import json
     import shutil
 
@@ -188,7 +188,7 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
     out = tmp_path / "retune"
     script = Path(__file__).resolve().parents[1] / "tools" / "retune.sh"
     grids = ["--null-grid", "3:0,30", "--source-grid", "9:30"]
-    command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline), *grids]
+    command = [str(script), str(model), str(out), "--data", str(fer_csv), "--per-class", "1", "--baseline", str(baseline), *tiny_judges, *grids]
     result = subprocess.run(command, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     null = json.loads((out / "sweep_null" / "sweep.json").read_text())["rows"]
@@ -211,6 +211,10 @@ def test_retune_chooses_scales_into_the_model_and_compares_both_halves_with_the_
     assert result.returncode == 2 and f"'{tmp_path}' is not a model directory" in result.stderr
     result = subprocess.run([*command[:-1], "9"], capture_output=True, text=True)  # a grid without its classifier guidances
     assert result.returncode == 2 and "grid '9' is not GUIDANCES:CLASSIFIER_GUIDANCES" in result.stderr
+    # the judges given reach the sweeps: a missing one stops the first sweep, by its name
+    elsewhere = [tmp_path / "again" if part == str(out) else part for part in command]
+    result = subprocess.run([*elsewhere, "--judge", str(tmp_path / "no_judge")], capture_output=True, text=True)
+    assert result.returncode != 0 and f"{tmp_path / 'no_judge'}: not a model directory" in result.stderr
 
 
 def test_per_face_push_re_edits_at_the_higher_scales_only_what_the_cnn_does_not_read_yet():
