@@ -238,6 +238,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
     from .photos import NoFaceError, Preparer, crop, load_photo
 
     prepare, identity = Preparer("largest", blend=blend), PhotoIdentity()
+    two_judges = len(judges) > 1
     targets = list(range(len(EMOTIONS)))
     rows, sheet_rows, names, missed = [], [], [], []
     for path in paths:
@@ -260,7 +261,6 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
             recropped = np.stack([crop(edited, face) for edited in outputs])
             verdicts = [judge_labels(judge, recropped) for judge in judges]
             on_crops = [judge_labels(judge, edits[0]) for judge in judges]  # the 48x48 edits themselves, before the paste-back
-            two_judges = len(judges) > 1
             for i, (target, edited) in enumerate(zip(targets, outputs)):
                 rows.append({
                     "photo": name, "copy": copy, "target": EMOTIONS[target], "judged": EMOTIONS[verdicts[0][i]],
@@ -278,7 +278,7 @@ def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: i
         raise ValueError(f"no face found in any photo: {', '.join(missed)}")
     distances = np.array([r["identity_distance"] for r in rows])
     emotion, crops = _emotion(rows, "judged"), _emotion(rows, "judged_crop")
-    second = _emotion(rows, "judged_second") if len(judges) > 1 else None
+    second = _emotion(rows, "judged_second") if two_judges else None
     uncovered = [r for r in rows if r["copy"] != OCCLUDED]
     metrics = {
         "photos": len(rows) // len(targets),
