@@ -232,6 +232,40 @@ class _Reads(torch.nn.Module):
         return proba
 
 
+class _Sees(_Reads):
+    """A stand-in CNN that keeps what it is shown."""
+
+    def __init__(self, p: float):
+        super().__init__(p)
+        self.seen = []
+
+    def predict_proba(self, images):
+        self.seen.append(images.clone())
+        return super().predict_proba(images)
+
+
+def test_the_push_reads_an_edit_as_the_photo_will_show_it():
+    """A photo shows a crop's change only under its paste-back mask (``shown``): the push judges
+    that, so a change the paste-back leaves out does not count as read."""
+    from emodiff.data import to_tensor
+
+    pipe = tiny_pipeline("label").to("cpu", bf16=False)
+    pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.005 * labels.view(-1, 1, 1, 1).float()
+    x, source, targets = faces(2, seed=4), [2, 5], [0, 3]
+    pushed = EditSettings(mode="invert", strength=0.2, steps=15, guidance=4.0, push_threshold=0.5)
+    shown = np.zeros((2, 48, 48), np.float32)
+    shown[:, :, :24] = 1  # the left half of each face reaches the photo, the right half does not
+    pipe._classifier = _Sees(0.0)
+    pipe.edit_faces(x, targets, pushed, source_labels=source, shown=shown)
+    seen = pipe._classifier.seen[0].view(2, 2, 48, 48)
+    face = to_tensor(x)[:, None, 0].expand_as(seen)
+    assert torch.equal(seen[..., 24:], face[..., 24:])  # read as the photo keeps it: the face as it was
+    assert (seen[..., :24] - face[..., :24]).abs().amax(dim=(-2, -1)).min() > 0.01  # every edit's shown change is read
+    pipe._classifier = _Sees(0.0)
+    pipe.edit_faces(x, targets, pushed, source_labels=source)  # a crop: shown whole
+    assert (pipe._classifier.seen[0].view(2, 2, 48, 48)[..., 24:] - face[..., 24:]).abs().amax(dim=(-2, -1)).min() > 0.01
+
+
 def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not_read_yet():
     pipe = tiny_pipeline("label").to("cpu", bf16=False)
     pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.005 * labels.view(-1, 1, 1, 1).float()  # per pixel, small pushes

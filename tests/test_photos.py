@@ -292,6 +292,49 @@ def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_i
     np.testing.assert_array_equal(face_ops.fill_occluder(photo, face, bare.astype(np.uint8)), bare)  # nothing covers it
 
 
+def test_a_photo_shows_a_change_under_its_mask_less_the_occluder_and_a_crop_shows_all_of_it(photo, finder):
+    """What the push reads (``Prepared.shown``, passed by ``edit_prepared`` to ``edit_faces``)."""
+    from emodiff.pipeline import FaceEditor
+    from emodiff.photo_evaluation import photo_variants
+
+    bare = face_ops.Preparer()(photo)
+    np.testing.assert_allclose(bare.shown()[0], face_ops.blend_mask(bare.faces[0], 48), atol=1e-6)  # nothing covers it: the mask
+    occluded = face_ops.Preparer()(photo_variants(photo, bare.faces[0])["occluded"])
+    shown, mask = occluded.shown()[0], face_ops.blend_mask(occluded.faces[0], 48)
+    hole = occluded.crops[0] != face_ops.crop(occluded.image, occluded.faces[0])  # where the bar was filled in
+    assert hole.sum() > 40 and shown[hole].max() < 0.05 and mask[hole].mean() > 0.5  # the mask reaches the bar: the bar keeps it
+    assert np.allclose(shown[:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
+    small = face_ops.Preparer()(Image.fromarray(bare.crops[0]))
+    assert small.shown() is None  # a crop is shown whole
+    face = bare.faces[0]  # the photo cut left of the right eye: what the change draws off the photo reaches nothing
+    shift = round(face.left_eye[0] + 5)
+    cut = photo.crop((shift, 0, photo.width, photo.height))
+    moved = lambda x, y: (x - shift, y)  # noqa: E731
+    off = face_ops.Face(face.box, moved(*face.left_eye), moved(*face.right_eye), tuple(moved(*p) for p in face.landmarks))
+    a, b, c, *_ = off.crop_to_photo(48)
+    v, u = np.mgrid[0:48, 0:48] + 0.5
+    outside = a * u + b * v + c < -1  # crop pixels whose photo place lies left of the photo
+    plan = face_ops.PastePlan.of(cut, off, bare.crops[0])
+    assert plan.mask[outside].max() > 0.9 and plan.shown[outside].max() == 0
+    np.testing.assert_allclose(plan.shown[~outside & (u > 30)], plan.mask[~outside & (u > 30)], atol=1e-6)
+
+    class Keeps(FaceEditor):
+        device = "cpu"
+
+        def to(self, device="auto", bf16=None):
+            return self
+
+        def edit_faces(self, faces, targets, settings, source_labels=None, seed=0, shown=None):
+            self.shown = shown
+            return np.repeat(faces[:, None], len(targets), axis=1)
+
+    editor = Keeps()
+    editor.edit_prepared([bare, small], [3], None)  # a photo's faces by their masks, a crop's by ones
+    np.testing.assert_array_equal(editor.shown, np.stack([bare.shown()[0], np.ones((48, 48), np.float32)]))
+    editor.edit_prepared([small], [3], None)
+    assert editor.shown is None
+
+
 def _square_face() -> face_ops.Face:
     """The face, without landmarks (the ellipse mask), whose crop is the square (60, 60)-(540, 540) of a 600x600 photo."""
     mid_x, mid_y = 60 + face_ops.EYE_CENTRE[0] * 480, 60 + face_ops.EYE_CENTRE[1] * 480

@@ -147,7 +147,8 @@ def _edit(p):
                    "faintly; 0 = off (default: the model's own per target emotion where it has them, else 0)")  # fmt: skip
     p.add_argument("--push-threshold", type=float, default=None, help="push each edit only as hard as it needs: start at "
                    "--push-low times both guidance scales, and after each decoding step go on at --push-high times them for "
-                   "an edit the model's own emotion CNN does not yet read as its target with this probability; 0 = off "
+                   "an edit the model's own emotion CNN does not yet read as its target with this probability (on a photo, "
+                   "the edit as the photo will show it); 0 = off "
                    "(default: 0.5 with --mode invert, else 0)")  # fmt: skip
     p.add_argument("--push-low", type=float, default=defaults.push_low, help=f"with --push-threshold: the factor to start at (default: {defaults.push_low:g})")
     p.add_argument("--push-high", type=float, default=defaults.push_high, help=f"with --push-threshold: the factor for edits that do not read yet (default: {defaults.push_high:g})")

@@ -123,8 +123,10 @@ class GanEditor(FaceEditor):
         return self
 
     @torch.inference_mode()
-    def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings | None = None, source_labels=None, seed: int = 0) -> np.ndarray:
-        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48); deterministic, no noise."""
+    def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings | None = None, source_labels=None, seed: int = 0,
+                   shown: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48); deterministic, no noise (nor
+        a reading of its edits as it makes them, so what a photo shows changes nothing)."""
         x = to_tensor(faces).to(self.device)
         count, per_face = len(faces), len(targets)
         images = x.repeat_interleave(per_face, dim=0)

@@ -295,9 +295,19 @@ class Prepared:
     faces: list[Face] | None = None  # None: the input is itself a face crop
     blend: str = "landmarks"  # the mask edits are pasted back under (BLENDS)
 
+    @functools.cached_property
+    def plans(self) -> list[PastePlan]:
+        """How each face's edits go back into the photo (none for a crop), worked out once."""
+        return [PastePlan.of(self.image, face, crop_, self.blend) for face, crop_ in zip(self.faces or (), self.crops)]
+
+    def shown(self) -> np.ndarray | None:
+        """(n, 48, 48): how much of an edit's change at each crop pixel the output will show — the
+        paste-back's mask, less what covers the face — or None for a crop, which is shown whole."""
+        return None if self.faces is None else np.stack([plan.shown for plan in self.plans])
+
     def render(self, edits: np.ndarray) -> list[Image.Image]:
         """Edited crops (n, T, 48, 48) -> one output image per target, carrying the input's ``info``."""
-        plans = [PastePlan.of(self.image, face, crop_, self.blend) for face, crop_ in zip(self.faces or (), self.crops)]
+        plans = self.plans
         results = []
         for target in range(edits.shape[1]):
             if self.faces is None:
@@ -447,15 +457,22 @@ def fill_occluder(photo: Image.Image, face: Face, crop_: np.ndarray) -> np.ndarr
     covered = occluder_mask(photo, face, box) if box else None
     if covered is None:
         return crop_
+    on_it = (covered >= 1).astype(np.float32)  # the occluder and its margin, not the fade around them
+    hole = _to_crop(on_it, face, box, size) > 0.5
+    if not hole.any():
+        return crop_
+    return cv2.inpaint(np.ascontiguousarray(crop_), hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+
+
+def _to_crop(field: np.ndarray, face: Face, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """A float field over the photo pixels of ``box``, sampled (bilinear) at the size x size crop's pixel centres; 0 outside the box."""
+    import cv2
+
     a, b, c, d, e, f = face.crop_to_photo(size)
     v, u = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # crop pixel centres, into the box's pixel grid
     map_x = (a * u + b * v + c - box[0] - 0.5).astype(np.float32)
     map_y = (d * u + e * v + f - box[1] - 0.5).astype(np.float32)
-    on_it = (covered >= 1).astype(np.float32)  # the occluder and its margin, not the fade around them
-    hole = cv2.remap(on_it, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0) > 0.5
-    if not hole.any():
-        return crop_
-    return cv2.inpaint(np.ascontiguousarray(crop_), hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
+    return cv2.remap(field.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
 def blend_mask(face: Face, size: int, blend: str = "landmarks") -> np.ndarray:
@@ -501,6 +518,15 @@ class PastePlan:
     keep: np.ndarray | None = None  # (H, W, 1): 0 where something covers the face, which stays the photo's
     inside: np.ndarray | None = None  # (H, W, 1) bool: the box's pixels inside the crop square
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
+
+    @functools.cached_property
+    def shown(self) -> np.ndarray:
+        """(size, size) on the crop's grid: the share of an edit's change that reaches the photo
+        (none where the crop runs past the photo's edge or something covers the face)."""
+        if self.box is None:
+            return np.zeros(self.original.shape, np.float32)
+        reach = np.ones(self.inside.shape[:2], np.float32) if self.keep is None else self.keep[..., 0]
+        return self.mask.astype(np.float32) * _to_crop(reach, self.face, self.box, self.original.shape[0])
 
     @classmethod
     def of(cls, photo: Image.Image, face: Face, original: np.ndarray, blend: str = BLENDS[0]) -> PastePlan:

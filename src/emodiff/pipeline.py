@@ -90,8 +90,11 @@ class FaceEditor(abc.ABC):
     """
 
     @abc.abstractmethod
-    def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0) -> np.ndarray:
-        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48)."""
+    def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0,
+                   shown: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48). ``shown`` (B, 48, 48): how much
+        of each pixel's change the output will show (a photo's paste-back mask), for an editor that
+        judges its edits as it makes them; None: all of it."""
 
     def edit(self, images, targets, *, source=None, face: str = "largest", settings: EditSettings | None = None, seed: int = 0, **overrides):
         """Edit face crops or photos to target emotion(s); returns PIL images at each input's size.
@@ -128,7 +131,10 @@ class FaceEditor(abc.ABC):
         and the offsets of each input's faces in them.
         """
         crops = np.concatenate([p.crops for p in prepared])
-        edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed)
+        masks = [p.shown() for p in prepared]
+        shown = None if all(m is None for m in masks) else np.concatenate([np.ones(p.crops.shape, np.float32) if m is None else m
+                                                                            for p, m in zip(prepared, masks)])  # fmt: skip
+        edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed, shown=shown)
         bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
         return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
 
@@ -355,6 +361,7 @@ class EmotionEditPipeline(FaceEditor):
         settings: EditSettings = EditSettings(),
         source_labels: list[int] | None = None,
         seed: int = 0,
+        shown: np.ndarray | None = None,
     ) -> np.ndarray:
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48): every target of every face in one batch.
 
@@ -375,7 +382,9 @@ class EmotionEditPipeline(FaceEditor):
         With ``push_threshold``, after each decoding step the model's CNN reads the edits that step's
         clean estimates make, and each target's decode that does not read yet goes on at the higher
         scales (``Harder``; with ``push_same_step`` it takes that very step at them, the same model
-        passes recombined): one small CNN pass per step rather than a second edit.
+        passes recombined): one small CNN pass per step rather than a second edit. With ``shown``
+        (float (B, 48, 48), a photo's paste-back mask) it reads each edit as the photo will show it,
+        the change weighted by that mask: a change the paste-back leaves out does not count as read.
         """
         kinds = self._negatives(settings.negative, targets)
         x0 = to_tensor(faces).to(self.device)
@@ -450,6 +459,7 @@ class EmotionEditPipeline(FaceEditor):
             rows_of_edits = torch.tensor(target_rows, device=self.device)
             # a reference decode stays as it started: it is every target's zero (and the edit to the face's own emotion)
             references = torch.tensor(picks if settings.keep_detail else [], dtype=torch.long, device=self.device)
+            visible = None if shown is None else torch.as_tensor(shown, dtype=x0.dtype, device=self.device)[:, None]
 
             def weak(estimate: torch.Tensor, unread: torch.Tensor) -> torch.Tensor:
                 rows = torch.zeros(len(estimate), dtype=torch.bool, device=self.device)
@@ -457,7 +467,10 @@ class EmotionEditPipeline(FaceEditor):
                 unread[references] = False
                 asked = unread[rows_of_edits]  # an edit already pushed stays pushed: not read again
                 if asked.any():
-                    edits = assemble(estimate).flatten(0, 1)[asked]
+                    edits = assemble(estimate)
+                    if visible is not None:
+                        edits = x0[:, None] + (edits - x0[:, None]) * visible[:, None]
+                    edits = edits.flatten(0, 1)[asked]
                     reads = self.classifier.predict_proba(edits).gather(1, wanted[asked, None])[:, 0]
                     rows[rows_of_edits[asked]] = reads < settings.push_threshold
                 return rows
