@@ -306,11 +306,12 @@ def test_a_photo_shows_a_change_under_its_mask_less_the_occluder_and_a_crop_show
     assert np.allclose(shown[:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
     small = face_ops.Preparer()(Image.fromarray(bare.crops[0]))
     assert small.shown() is None  # a crop is shown whole
-    face = bare.faces[0]  # the photo cut left of the right eye: what the change draws off the photo reaches nothing
+    face = bare.faces[0]  # the photo cut just right of the left eye: what the change draws off the photo reaches nothing
     shift = round(face.left_eye[0] + 5)
     cut = photo.crop((shift, 0, photo.width, photo.height))
     moved = lambda x, y: (x - shift, y)  # noqa: E731
-    off = face_ops.Face(face.box, moved(*face.left_eye), moved(*face.right_eye), tuple(moved(*p) for p in face.landmarks))
+    left, top, right, bottom = face.box
+    off = face_ops.Face((0, top, right - shift, bottom), moved(*face.left_eye), moved(*face.right_eye), tuple(moved(*p) for p in face.landmarks))
     a, b, c, *_ = off.crop_to_photo(48)
     v, u = np.mgrid[0:48, 0:48] + 0.5
     outside = a * u + b * v + c < -1  # crop pixels whose photo place lies left of the photo
