@@ -245,25 +245,32 @@ class _Sees(_Reads):
 
 
 def test_the_push_reads_an_edit_as_the_photo_will_show_it():
-    """A photo shows a crop's change only under its paste-back mask (``shown``): the push judges
-    that, so a change the paste-back leaves out does not count as read."""
+    """A photo shows a crop's change only where the paste-back reaches, over the face as the photo
+    keeps it (``shown``): the push judges that, so a change the paste-back leaves out does not
+    count as read."""
     from emodiff.data import to_tensor
+    from emodiff.photos import Shown
 
     pipe = tiny_pipeline("label").to("cpu", bf16=False)
     pipe._predict = lambda x, timestep, labels, codes: 0.3 * x + 0.005 * labels.view(-1, 1, 1, 1).float()
     x, source, targets = faces(2, seed=4), [2, 5], [0, 3]
     pushed = EditSettings(mode="invert", strength=0.2, steps=15, guidance=4.0, push_threshold=0.5)
-    shown = np.zeros((2, 48, 48), np.float32)
-    shown[:, :, :24] = 1  # the left half of each face reaches the photo, the right half does not
+    reach = np.zeros((2, 48, 48), np.float32)
+    reach[:, :, :24] = 1  # the left half of each face reaches the photo, the right half does not
+    kept = x.copy()
+    kept[:, 30:36, 10:38] = 20  # the photo keeps a dark bar over the face, which the model edited without
     pipe._classifier = _Sees(0.0)
-    pipe.edit_faces(x, targets, pushed, source_labels=source, shown=shown)
+    edits = pipe.edit_faces(x, targets, pushed, source_labels=source, shown=Shown(reach, kept))
     seen = pipe._classifier.seen[0].view(2, 2, 48, 48)
-    face = to_tensor(x)[:, None, 0].expand_as(seen)
-    assert torch.equal(seen[..., 24:], face[..., 24:])  # read as the photo keeps it: the face as it was
-    assert (seen[..., :24] - face[..., :24]).abs().amax(dim=(-2, -1)).min() > 0.01  # every edit's shown change is read
+    face, backdrop = (to_tensor(a)[:, None, 0].expand_as(seen) for a in (x, kept))
+    assert not torch.equal(backdrop[..., 24:], face[..., 24:])
+    assert torch.equal(seen[..., 24:], backdrop[..., 24:])  # where the change does not reach: the face as the photo keeps it
+    assert (seen[..., :24] - backdrop[..., :24]).abs().amax(dim=(-2, -1)).min() > 0.01  # every edit's change, where it reaches
     pipe._classifier = _Sees(0.0)
-    pipe.edit_faces(x, targets, pushed, source_labels=source)  # a crop: shown whole
+    whole = pipe.edit_faces(x, targets, pushed, source_labels=source)  # a crop: the edit as it is
     assert (pipe._classifier.seen[0].view(2, 2, 48, 48)[..., 24:] - face[..., 24:]).abs().amax(dim=(-2, -1)).min() > 0.01
+    pipe._classifier = _Sees(0.0)  # the same verdicts: what is shown changes what the push reads, never the edits it returns
+    np.testing.assert_array_equal(pipe.edit_faces(x, targets, pushed, source_labels=source, shown=Shown(reach, kept)), whole)
 
 
 def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not_read_yet():

@@ -292,20 +292,27 @@ def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_i
     np.testing.assert_array_equal(face_ops.fill_occluder(photo, face, bare.astype(np.uint8)), bare)  # nothing covers it
 
 
-def test_a_photo_shows_a_change_under_its_mask_less_the_occluder_and_a_crop_shows_all_of_it(photo, finder):
-    """What the push reads (``Prepared.shown``, passed by ``edit_prepared`` to ``edit_faces``)."""
+def test_a_photo_shows_a_change_under_its_mask_over_the_face_as_the_photo_keeps_it(photo, finder):
+    """What the push reads (``Prepared.shown``, passed by ``edit_prepared`` to ``edit_faces``): the
+    paste-back's reach — its mask, less what covers the face and what lies off the photo — over the
+    crop as the photo keeps it, the occluder still on it; for a crop, nothing (the edit as it is)."""
     from emodiff.pipeline import FaceEditor
     from emodiff.photo_evaluation import photo_variants
 
     bare = face_ops.Preparer()(photo)
-    np.testing.assert_allclose(bare.shown()[0], face_ops.blend_mask(bare.faces[0], 48), atol=1e-6)  # nothing covers it: the mask
+    shown = bare.shown()
+    np.testing.assert_allclose(shown.weight[0], face_ops.blend_mask(bare.faces[0], 48), atol=1e-6)  # nothing covers it: the mask
+    np.testing.assert_array_equal(shown.backdrop, bare.crops)
     occluded = face_ops.Preparer()(photo_variants(photo, bare.faces[0])["occluded"])
-    shown, mask = occluded.shown()[0], face_ops.blend_mask(occluded.faces[0], 48)
-    hole = occluded.crops[0] != face_ops.crop(occluded.image, occluded.faces[0])  # where the bar was filled in
-    assert hole.sum() > 40 and shown[hole].max() < 0.05 and mask[hole].mean() > 0.5  # the mask reaches the bar: the bar keeps it
-    assert np.allclose(shown[:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
+    shown, mask = occluded.shown(), face_ops.blend_mask(occluded.faces[0], 48)
+    as_kept = face_ops.crop(occluded.image, occluded.faces[0])
+    hole = occluded.crops[0] != as_kept  # where the bar was filled in for the model
+    assert hole.sum() > 40 and mask[hole].mean() > 0.5  # the mask reaches the bar ...
+    assert shown.weight[0][hole].max() < 0.05  # ... and the bar keeps it
+    assert np.allclose(shown.weight[0][:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
+    np.testing.assert_array_equal(shown.backdrop[0], as_kept)  # read over the bar, as the photo shows it
     small = face_ops.Preparer()(Image.fromarray(bare.crops[0]))
-    assert small.shown() is None  # a crop is shown whole
+    assert small.shown() is None
     face = bare.faces[0]  # the photo cut just right of the left eye: what the change draws off the photo reaches nothing
     shift = round(face.left_eye[0] + 5)
     cut = photo.crop((shift, 0, photo.width, photo.height))
@@ -316,8 +323,8 @@ def test_a_photo_shows_a_change_under_its_mask_less_the_occluder_and_a_crop_show
     v, u = np.mgrid[0:48, 0:48] + 0.5
     outside = a * u + b * v + c < -1  # crop pixels whose photo place lies left of the photo
     plan = face_ops.PastePlan.of(cut, off, bare.crops[0])
-    assert plan.mask[outside].max() > 0.9 and plan.shown[outside].max() == 0
-    np.testing.assert_allclose(plan.shown[~outside & (u > 30)], plan.mask[~outside & (u > 30)], atol=1e-6)
+    assert plan.mask[outside].max() > 0.9 and plan.reach[outside].max() == 0
+    np.testing.assert_allclose(plan.reach[~outside & (u > 30)], plan.mask[~outside & (u > 30)], atol=1e-6)
 
     class Keeps(FaceEditor):
         device = "cpu"
@@ -330,8 +337,9 @@ def test_a_photo_shows_a_change_under_its_mask_less_the_occluder_and_a_crop_show
             return np.repeat(faces[:, None], len(targets), axis=1)
 
     editor = Keeps()
-    editor.edit_prepared([bare, small], [3], None)  # a photo's faces by their masks, a crop's by ones
-    np.testing.assert_array_equal(editor.shown, np.stack([bare.shown()[0], np.ones((48, 48), np.float32)]))
+    editor.edit_prepared([occluded, small], [3], None)  # a photo's faces as the photo shows them, a crop whole
+    np.testing.assert_array_equal(editor.shown.weight, np.stack([occluded.shown().weight[0], np.ones((48, 48), np.float32)]))
+    np.testing.assert_array_equal(editor.shown.backdrop, np.stack([as_kept, small.crops[0]]))
     editor.edit_prepared([small], [3], None)
     assert editor.shown is None
 

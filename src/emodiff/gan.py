@@ -124,7 +124,7 @@ class GanEditor(FaceEditor):
 
     @torch.inference_mode()
     def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings | None = None, source_labels=None, seed: int = 0,
-                   shown: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
+                   shown=None) -> np.ndarray:  # fmt: skip
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48); deterministic, no noise (nor
         a reading of its edits as it makes them, so what a photo shows changes nothing)."""
         x = to_tensor(faces).to(self.device)

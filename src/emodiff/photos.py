@@ -286,6 +286,27 @@ def crop(photo: Image.Image, face: Face, size: int = IMAGE_SIZE) -> np.ndarray:
     return np.asarray(fine.resize((size, size), Image.LANCZOS))
 
 
+@dataclass(frozen=True)
+class Shown:
+    """What an output shows of each face's edit, so that the push reads edits as they will be seen
+    (``EmotionEditPipeline.edit_faces``): ``weight`` (n, 48, 48), the share of the change at each
+    crop pixel that reaches the output, over ``backdrop`` (uint8 (n, 48, 48)), the face as the
+    output keeps it — a photo's crop with whatever covers the face still on it, where the model
+    edits the face with it filled in."""
+
+    weight: np.ndarray
+    backdrop: np.ndarray
+
+    @classmethod
+    def whole(cls, crops: np.ndarray) -> Shown:
+        """Face crops, which the output is: all of the change, over the crop itself."""
+        return cls(np.ones(crops.shape, np.float32), crops)
+
+    @classmethod
+    def concat(cls, parts: list[Shown]) -> Shown:
+        return cls(np.concatenate([p.weight for p in parts]), np.concatenate([p.backdrop for p in parts]))
+
+
 @dataclass
 class Prepared:
     """One input ready to edit: its 48x48 crops, and how to put edits back."""
@@ -294,16 +315,19 @@ class Prepared:
     crops: np.ndarray  # uint8 (n, 48, 48)
     faces: list[Face] | None = None  # None: the input is itself a face crop
     blend: str = "landmarks"  # the mask edits are pasted back under (BLENDS)
+    as_kept: np.ndarray | None = None  # the crops as the photo keeps them, what covers a face not filled in; None: ``crops``
 
     @functools.cached_property
     def plans(self) -> list[PastePlan]:
         """How each face's edits go back into the photo (none for a crop), worked out once."""
         return [PastePlan.of(self.image, face, crop_, self.blend) for face, crop_ in zip(self.faces or (), self.crops)]
 
-    def shown(self) -> np.ndarray | None:
-        """(n, 48, 48): how much of an edit's change at each crop pixel the output will show — the
-        paste-back's mask, less what covers the face — or None for a crop, which is shown whole."""
-        return None if self.faces is None else np.stack([plan.shown for plan in self.plans])
+    def shown(self) -> Shown | None:
+        """What the output will show of each face's edit: the paste-back's reach over the crop as the
+        photo keeps it; None for a crop, which is shown whole as it is."""
+        if self.faces is None:
+            return None
+        return Shown(np.stack([plan.reach for plan in self.plans]), self.crops if self.as_kept is None else self.as_kept)
 
     def render(self, edits: np.ndarray) -> list[Image.Image]:
         """Edited crops (n, T, 48, 48) -> one output image per target, carrying the input's ``info``."""
@@ -343,10 +367,11 @@ class Preparer:
         if not found:
             raise NoFaceError("no face found (a face crop of at most 64x64 pixels is used whole)")
         chosen = select(found, self.face)
-        crops = [crop(image, face) for face in chosen]
-        if self.blend != "ellipse":
-            crops = [fill_occluder(image, face, crop_) for face, crop_ in zip(chosen, crops)]
-        return Prepared(image, np.stack(crops), chosen, self.blend)
+        as_kept = np.stack([crop(image, face) for face in chosen])
+        if self.blend == "ellipse":
+            return Prepared(image, as_kept, chosen, self.blend)
+        crops = np.stack([fill_occluder(image, face, crop_) for face, crop_ in zip(chosen, as_kept)])
+        return Prepared(image, crops, chosen, self.blend, as_kept)
 
 
 # ----------------------------------------------------------------------------- putting edits back
@@ -520,7 +545,7 @@ class PastePlan:
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
 
     @functools.cached_property
-    def shown(self) -> np.ndarray:
+    def reach(self) -> np.ndarray:
         """(size, size) on the crop's grid: the share of an edit's change that reaches the photo
         (none where the crop runs past the photo's edge or something covers the face)."""
         if self.box is None:

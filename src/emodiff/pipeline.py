@@ -28,6 +28,7 @@ import inspect
 import json
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -42,6 +43,9 @@ from .encoders import SHIPPED_WEIGHTS, EmotionClassifier, NoisyEmotionClassifier
 from .files import atomic_write, save_model_dir
 from .labels import EMOTIONS, parse_emotion
 from .settings import DEFAULT_GUIDANCE, NEGATIVES, SAMPLERS, EditSettings
+
+if TYPE_CHECKING:
+    from . import photos
 
 SCHEDULERS = dict(zip(SAMPLERS, (DDIMScheduler, DPMSolverMultistepScheduler, DDPMScheduler)))
 DEFAULT_MODEL = Path(__file__).parent / "weights" / "default"
@@ -91,10 +95,10 @@ class FaceEditor(abc.ABC):
 
     @abc.abstractmethod
     def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings, source_labels=None, seed: int = 0,
-                   shown: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
-        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48). ``shown`` (B, 48, 48): how much
-        of each pixel's change the output will show (a photo's paste-back mask), for an editor that
-        judges its edits as it makes them; None: all of it."""
+                   shown: photos.Shown | None = None) -> np.ndarray:  # fmt: skip
+        """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48). ``shown``: what the output will
+        show of each edit (a photo's paste-back), for an editor that judges its edits as it makes
+        them; None: the edit as it is."""
 
     def edit(self, images, targets, *, source=None, face: str = "largest", settings: EditSettings | None = None, seed: int = 0, **overrides):
         """Edit face crops or photos to target emotion(s); returns PIL images at each input's size.
@@ -130,10 +134,11 @@ class FaceEditor(abc.ABC):
         Returns the output images (per input, per target), the edited crops (all faces, T, 48, 48)
         and the offsets of each input's faces in them.
         """
+        from . import photos
+
         crops = np.concatenate([p.crops for p in prepared])
-        masks = [p.shown() for p in prepared]
-        shown = None if all(m is None for m in masks) else np.concatenate([np.ones(p.crops.shape, np.float32) if m is None else m
-                                                                            for p, m in zip(prepared, masks)])  # fmt: skip
+        shown = [p.shown() for p in prepared]
+        shown = None if all(s is None for s in shown) else photos.Shown.concat([s or photos.Shown.whole(p.crops) for s, p in zip(shown, prepared)])
         edits = self.edit_faces(crops, targets, settings, source_labels=source_labels, seed=seed, shown=shown)
         bounds = np.cumsum([0] + [len(p.crops) for p in prepared])
         return [p.render(edits[start:end]) for p, start, end in zip(prepared, bounds[:-1], bounds[1:])], edits, bounds
@@ -361,7 +366,7 @@ class EmotionEditPipeline(FaceEditor):
         settings: EditSettings = EditSettings(),
         source_labels: list[int] | None = None,
         seed: int = 0,
-        shown: np.ndarray | None = None,
+        shown: photos.Shown | None = None,
     ) -> np.ndarray:
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48): every target of every face in one batch.
 
@@ -382,9 +387,10 @@ class EmotionEditPipeline(FaceEditor):
         With ``push_threshold``, after each decoding step the model's CNN reads the edits that step's
         clean estimates make, and each target's decode that does not read yet goes on at the higher
         scales (``Harder``; with ``push_same_step`` it takes that very step at them, the same model
-        passes recombined): one small CNN pass per step rather than a second edit. With ``shown``
-        (float (B, 48, 48), a photo's paste-back mask) it reads each edit as the photo will show it,
-        the change weighted by that mask: a change the paste-back leaves out does not count as read.
+        passes recombined): one small CNN pass per step rather than a second edit. With ``shown`` (a
+        photo's, ``photos.Prepared.shown``) it reads each edit as the photo will show it: the change
+        weighted by the paste-back's reach, over the face as the photo keeps it (with what covers it),
+        so a change the paste-back leaves out does not count as read.
         """
         kinds = self._negatives(settings.negative, targets)
         x0 = to_tensor(faces).to(self.device)
@@ -459,7 +465,9 @@ class EmotionEditPipeline(FaceEditor):
             rows_of_edits = torch.tensor(target_rows, device=self.device)
             # a reference decode stays as it started: it is every target's zero (and the edit to the face's own emotion)
             references = torch.tensor(picks if settings.keep_detail else [], dtype=torch.long, device=self.device)
-            visible = None if shown is None else torch.as_tensor(shown, dtype=x0.dtype, device=self.device)[:, None]
+            if shown is not None:
+                reach = torch.as_tensor(shown.weight, dtype=x0.dtype, device=self.device)[:, None]
+                backdrop = to_tensor(shown.backdrop).to(self.device)
 
             def weak(estimate: torch.Tensor, unread: torch.Tensor) -> torch.Tensor:
                 rows = torch.zeros(len(estimate), dtype=torch.bool, device=self.device)
@@ -468,8 +476,8 @@ class EmotionEditPipeline(FaceEditor):
                 asked = unread[rows_of_edits]  # an edit already pushed stays pushed: not read again
                 if asked.any():
                     edits = assemble(estimate)
-                    if visible is not None:
-                        edits = x0[:, None] + (edits - x0[:, None]) * visible[:, None]
+                    if shown is not None:
+                        edits = backdrop[:, None] + (edits - x0[:, None]) * reach[:, None]
                     edits = edits.flatten(0, 1)[asked]
                     reads = self.classifier.predict_proba(edits).gather(1, wanted[asked, None])[:, 0]
                     rows[rows_of_edits[asked]] = reads < settings.push_threshold
