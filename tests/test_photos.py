@@ -301,15 +301,15 @@ def test_a_photo_shows_a_change_under_its_mask_over_the_face_as_the_photo_keeps_
 
     bare = face_ops.Preparer()(photo)
     shown = bare.shown()
-    np.testing.assert_allclose(shown.weight[0], face_ops.blend_mask(bare.faces[0], 48), atol=1e-6)  # nothing covers it: the mask
+    np.testing.assert_allclose(shown.reach[0], face_ops.blend_mask(bare.faces[0], 48), atol=1e-6)  # nothing covers it: the mask
     np.testing.assert_array_equal(shown.backdrop, bare.crops)
     occluded = face_ops.Preparer()(photo_variants(photo, bare.faces[0])["occluded"])
     shown, mask = occluded.shown(), face_ops.blend_mask(occluded.faces[0], 48)
     as_kept = face_ops.crop(occluded.image, occluded.faces[0])
     hole = occluded.crops[0] != as_kept  # where the bar was filled in for the model
     assert hole.sum() > 40 and mask[hole].mean() > 0.5  # the mask reaches the bar ...
-    assert shown.weight[0][hole].max() < 0.05  # ... and the bar keeps it
-    assert np.allclose(shown.weight[0][:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
+    assert shown.reach[0][hole].max() < 0.05  # ... and the bar keeps it
+    assert np.allclose(shown.reach[0][:18], mask[:18], atol=1e-6)  # the eyes and brows, far above the bar: the mask
     np.testing.assert_array_equal(shown.backdrop[0], as_kept)  # read over the bar, as the photo shows it
     small = face_ops.Preparer()(Image.fromarray(bare.crops[0]))
     assert small.shown() is None
@@ -338,7 +338,7 @@ def test_a_photo_shows_a_change_under_its_mask_over_the_face_as_the_photo_keeps_
 
     editor = Keeps()
     editor.edit_prepared([occluded, small], [3], None)  # a photo's faces as the photo shows them, a crop whole
-    np.testing.assert_array_equal(editor.shown.weight, np.stack([occluded.shown().weight[0], np.ones((48, 48), np.float32)]))
+    np.testing.assert_array_equal(editor.shown.reach, np.stack([occluded.shown().reach[0], np.ones((48, 48), np.float32)]))
     np.testing.assert_array_equal(editor.shown.backdrop, np.stack([as_kept, small.crops[0]]))
     editor.edit_prepared([small], [3], None)
     assert editor.shown is None

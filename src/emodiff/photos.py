@@ -289,12 +289,12 @@ def crop(photo: Image.Image, face: Face, size: int = IMAGE_SIZE) -> np.ndarray:
 @dataclass(frozen=True)
 class Shown:
     """What an output shows of each face's edit, so that the push reads edits as they will be seen
-    (``EmotionEditPipeline.edit_faces``): ``weight`` (n, 48, 48), the share of the change at each
+    (``EmotionEditPipeline.edit_faces``): ``reach`` (n, 48, 48), the share of the change at each
     crop pixel that reaches the output, over ``backdrop`` (uint8 (n, 48, 48)), the face as the
     output keeps it — a photo's crop with whatever covers the face still on it, where the model
     edits the face with it filled in."""
 
-    weight: np.ndarray
+    reach: np.ndarray
     backdrop: np.ndarray
 
     @classmethod
@@ -304,7 +304,7 @@ class Shown:
 
     @classmethod
     def concat(cls, parts: list[Shown]) -> Shown:
-        return cls(np.concatenate([p.weight for p in parts]), np.concatenate([p.backdrop for p in parts]))
+        return cls(np.concatenate([p.reach for p in parts]), np.concatenate([p.backdrop for p in parts]))
 
 
 @dataclass

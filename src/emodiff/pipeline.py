@@ -466,7 +466,7 @@ class EmotionEditPipeline(FaceEditor):
             # a reference decode stays as it started: it is every target's zero (and the edit to the face's own emotion)
             references = torch.tensor(picks if settings.keep_detail else [], dtype=torch.long, device=self.device)
             if shown is not None:
-                reach = torch.as_tensor(shown.weight, dtype=x0.dtype, device=self.device)[:, None]
+                reach = torch.as_tensor(shown.reach, dtype=x0.dtype, device=self.device)[:, None]
                 backdrop = to_tensor(shown.backdrop).to(self.device)
 
             def weak(estimate: torch.Tensor, unread: torch.Tensor) -> torch.Tensor:
