@@ -260,7 +260,7 @@ def test_the_push_reads_an_edit_as_the_photo_will_show_it():
     kept = x.copy()
     kept[:, 30:36, 10:38] = 20  # the photo keeps a dark bar over the face, which the model edited without
     pipe._classifier = _Sees(0.0)
-    edits = pipe.edit_faces(x, targets, pushed, source_labels=source, shown=Shown(reach, kept))
+    shown_edits = pipe.edit_faces(x, targets, pushed, source_labels=source, shown=Shown(reach, kept))
     seen = pipe._classifier.seen[0].view(2, 2, 48, 48)
     face, backdrop = (to_tensor(a)[:, None, 0].expand_as(seen) for a in (x, kept))
     assert not torch.equal(backdrop[..., 24:], face[..., 24:])
@@ -269,8 +269,8 @@ def test_the_push_reads_an_edit_as_the_photo_will_show_it():
     pipe._classifier = _Sees(0.0)
     whole = pipe.edit_faces(x, targets, pushed, source_labels=source)  # a crop: the edit as it is
     assert (pipe._classifier.seen[0].view(2, 2, 48, 48)[..., 24:] - face[..., 24:]).abs().amax(dim=(-2, -1)).min() > 0.01
-    pipe._classifier = _Sees(0.0)  # the same verdicts: what is shown changes what the push reads, never the edits it returns
-    np.testing.assert_array_equal(pipe.edit_faces(x, targets, pushed, source_labels=source, shown=Shown(reach, kept)), whole)
+    # the same verdicts (none read): what is shown changes what the push reads, never the edits it returns
+    np.testing.assert_array_equal(shown_edits, whole)
 
 
 def test_push_starts_gentle_and_raises_the_scales_only_of_edits_the_cnn_does_not_read_yet():
