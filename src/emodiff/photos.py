@@ -489,14 +489,18 @@ def fill_occluder(photo: Image.Image, face: Face, crop_: np.ndarray) -> np.ndarr
     return cv2.inpaint(np.ascontiguousarray(crop_), hole.astype(np.uint8), 3, cv2.INPAINT_TELEA)
 
 
+def _crop_places(face: Face, box: tuple[int, int, int, int], size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Where the size x size crop's pixel centres lie on the pixel grid of ``box`` (x, y; float32)."""
+    a, b, c, d, e, f = face.crop_to_photo(size)
+    v, u = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5
+    return (a * u + b * v + c - box[0] - 0.5).astype(np.float32), (d * u + e * v + f - box[1] - 0.5).astype(np.float32)
+
+
 def _to_crop(field: np.ndarray, face: Face, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """A float field over the photo pixels of ``box``, sampled (bilinear) at the size x size crop's pixel centres; 0 outside the box."""
     import cv2
 
-    a, b, c, d, e, f = face.crop_to_photo(size)
-    v, u = np.mgrid[0:size, 0:size].astype(np.float64) + 0.5  # crop pixel centres, into the box's pixel grid
-    map_x = (a * u + b * v + c - box[0] - 0.5).astype(np.float32)
-    map_y = (d * u + e * v + f - box[1] - 0.5).astype(np.float32)
+    map_x, map_y = _crop_places(face, box, size)
     return cv2.remap(field.astype(np.float32), map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
 
@@ -550,8 +554,13 @@ class PastePlan:
         (none where the crop runs past the photo's edge or something covers the face)."""
         if self.box is None:
             return np.zeros(self.original.shape, np.float32)
-        reach = np.ones(self.inside.shape[:2], np.float32) if self.keep is None else self.keep[..., 0]
-        return self.mask.astype(np.float32) * _to_crop(reach, self.face, self.box, self.original.shape[0])
+        size = self.original.shape[0]
+        if self.keep is not None:
+            return self.mask.astype(np.float32) * _to_crop(self.keep[..., 0], self.face, self.box, size)
+        x, y = _crop_places(self.face, self.box, size)  # nothing covers the face: all of it that lies on the photo
+        height, width = self.inside.shape[:2]
+        on_photo = (x >= 0) & (x <= width - 1) & (y >= 0) & (y <= height - 1)
+        return self.mask.astype(np.float32) * on_photo
 
     @classmethod
     def of(cls, photo: Image.Image, face: Face, original: np.ndarray, blend: str = BLENDS[0]) -> PastePlan:
