@@ -22,11 +22,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import platform
-import statistics
-import time
 from pathlib import Path
 
 import torch
+from edit_speed import best_of
 from PIL import Image
 
 from emodiff.labels import EMOTIONS
@@ -35,15 +34,6 @@ from emodiff.pipeline import EmotionEditPipeline
 from emodiff.settings import EditSettings
 
 PHOTO = Path(__file__).resolve().parents[2] / "shared" / "photos" / "obama.jpg"
-
-
-def timed(repeats: int, run) -> tuple[float, float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return min(times), statistics.median(times)
 
 
 def edit_planned_per_target(pipe, prepared, targets, settings):
@@ -90,7 +80,7 @@ def main() -> None:
     results = {}
     for name, run in runs.items():
         run()  # warm-up: models loaded, kernels chosen
-        results[name] = timed(args.repeats, run)
+        results[name] = best_of(args.repeats, run)
         print(f"  {name:36s} {results[name][0]:7.3f} s per photo, all 7 emotions (median {results[name][1]:.3f})")
     (before, _), (after, _), (guided, _), (warp, _), (per_target, _) = results.values()
     print(f"today / before: {after / before:.2f}x the time; guided / before: {guided / before:.2f}x; warp / before: {warp / before:.2f}x; "
@@ -100,8 +90,8 @@ def main() -> None:
     edits = pipe.edit_faces(prepared.crops, targets, today, shown=prepared.shown())
     once, each = [], []
     for _ in range(args.repeats * 3):
-        once.append(timed(1, lambda: dataclasses.replace(prepared).render(edits))[0])  # a copy: its plans not yet made
-        each.append(timed(1, lambda: render_planned_per_target(prepared, edits))[0])
+        once.append(best_of(1, lambda: dataclasses.replace(prepared).render(edits))[0])  # a copy: its plans not yet made
+        each.append(best_of(1, lambda: render_planned_per_target(prepared, edits))[0])
     print(f"paste-back of 7 edits: planned once per face {min(once):.3f} s, per target {min(each):.3f} s ({min(each) / min(once):.2f}x)")
 
 
