@@ -137,7 +137,9 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
 # kernels alone move: in fp32 one grey level in a few pixels, under bf16 autocast the spread that the
 # batch size alone gives on one machine (up to 22 levels, 1.4 on average, in 58% of the pixels), so
 # across machines bf16 catches only gross changes; the fp32 edits are the sharp pins (guidance 7.5
-# for 7 moves half their pixels, by up to 64 levels).
+# for 7 moves half their pixels, by up to 64 levels). A new shipped model changes them all: `python
+# tests/test_shipped.py` pins its edits anew (made on 2026-12-07 on a model-167 Xeon, the pins of
+# the model-207 one came out byte-identical).
 SHIPPED_EDITS = Path(__file__).parent / "data" / "shipped_edits.npz"
 PINNED = [("ddim", "invert", False), ("ddim", "sdedit", False), ("dpm", "invert", False), ("ddim", "invert", True)]
 
@@ -155,31 +157,43 @@ def _machine() -> str:
     return f"{platform.machine()} {model}; {torch.backends.cpu.get_cpu_capability()}; torch {torch.__version__}"
 
 
+def _pin_key(scheduler: str, mode: str, bf16: bool) -> str:
+    return f"{scheduler}-{mode}-{'bf16' if bf16 else 'fp32'}"
+
+
+def _pinned_edits(scheduler: str, mode: str, bf16: bool):
+    """The 7 bundled faces edited to all 7 emotions by the shipped model, seed 0, at fixed settings."""
+    import numpy as np
+    from PIL import Image
+
+    from emodiff.assets import sample_faces
+    from emodiff.pipeline import EmotionEditPipeline
+    from emodiff.settings import EditSettings
+
+    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
+    pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
+    # the defaults these edits were first made with (the strength, steps, per-emotion scales, negatives,
+    # normalising and push of issue #20 change the edits, not the code)
+    old = {"steps": 10, "classifier_guidance": 0.0, "negative": "null", "push_threshold": 0.0}
+    settings = EditSettings(strength=0.4, guidance=7.0, normalise=False, **old) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, **old)
+    return pipe.edit_faces(faces, list(range(7)), settings, seed=0)
+
+
 @pytest.mark.parametrize(
     "scheduler, mode, bf16",
     [key if key == ("ddim", "invert", True) else pytest.param(*key, marks=pytest.mark.slow) for key in PINNED],
 )
 def test_shipped_model_edits_match_the_stored_edits(scheduler, mode, bf16):
     import numpy as np
-    from PIL import Image
-
-    from emodiff.assets import sample_faces
-    from emodiff.devices import bf16_supported
-    from emodiff.pipeline import EmotionEditPipeline
-    from emodiff.settings import EditSettings
-
     import torch
+
+    from emodiff.devices import bf16_supported
 
     if bf16 and not bf16_supported(torch.device("cpu")):
         pytest.skip("bf16 edits are pinned for CPUs with bf16 units (AMX / AVX512-BF16)")
     stored = np.load(SHIPPED_EDITS)
-    expected = stored[f"{scheduler}-{mode}-{'bf16' if bf16 else 'fp32'}"]
-    faces = np.stack([np.asarray(Image.open(p).convert("L")) for p in sample_faces()])
-    pipe = EmotionEditPipeline.from_pretrained(scheduler=scheduler, device="cpu").to("cpu", bf16=bf16)
-    # the defaults these edits were made with (the strength, steps, per-emotion scales, negatives, normalising and push of issue #20 change the edits, not the code)
-    old = {"steps": 10, "classifier_guidance": 0.0, "negative": "null", "push_threshold": 0.0}
-    settings = EditSettings(strength=0.4, guidance=7.0, normalise=False, **old) if mode == "invert" else EditSettings(mode=mode, strength=0.6, guidance=5.0, **old)
-    edits = pipe.edit_faces(faces, list(range(7)), settings, seed=0)
+    expected = stored[_pin_key(scheduler, mode, bf16)]
+    edits = _pinned_edits(scheduler, mode, bf16)
     if _machine() == str(stored["machine"]):
         np.testing.assert_array_equal(edits, expected)
         return
@@ -214,3 +228,24 @@ def test_the_shipped_defaults_push_some_emotions_with_the_shipped_guide_loaded_f
     with torch.inference_mode():  # a caller's own inference mode around loading and editing
         again = EmotionEditPipeline.from_pretrained(device="cpu").edit_faces(faces, [fear], source_labels=[6, 6])
     np.testing.assert_array_equal(again, own)
+
+
+if __name__ == "__main__":
+    # A new shipped model changes every pinned edit: `python tests/test_shipped.py` pins its edits anew,
+    # made on this machine.
+    import numpy as np
+    import torch
+
+    from emodiff.devices import bf16_supported
+    from emodiff.files import atomic_write
+
+    if not bf16_supported(torch.device("cpu")):
+        sys.exit("pin on a CPU with bf16 units (AMX / AVX512-BF16): the bf16 edits are pinned too")
+    pins = {_pin_key(*key): _pinned_edits(*key) for key in PINNED}
+
+    def write(temp: Path) -> None:
+        with temp.open("wb") as file:  # a file, not a name: numpy would add ".npz" to the temporary's
+            np.savez_compressed(file, machine=_machine(), **pins)
+
+    atomic_write(SHIPPED_EDITS, write)
+    print(f"pinned {', '.join(pins)} on {_machine()} in {SHIPPED_EDITS}")
