@@ -138,8 +138,8 @@ def test_the_shipped_model_with_default_settings_edits_emotions_the_judge_reads_
 # batch size alone gives on one machine (up to 22 levels, 1.4 on average, in 58% of the pixels), so
 # across machines bf16 catches only gross changes; the fp32 edits are the sharp pins (guidance 7.5
 # for 7 moves half their pixels, by up to 64 levels). A new shipped model changes them all: `python
-# tests/test_shipped.py` pins its edits anew (made on 2026-12-07 on a model-167 Xeon, the pins of
-# the model-207 one came out byte-identical).
+# tests/test_shipped.py` pins its edits anew (checked on 2026-12-07: re-pinned on a model-167 Xeon,
+# the stored pins, made on a model-207 one, came out byte-identical).
 SHIPPED_EDITS = Path(__file__).parent / "data" / "shipped_edits.npz"
 PINNED = [("ddim", "invert", False), ("ddim", "sdedit", False), ("dpm", "invert", False), ("ddim", "invert", True)]
 
