@@ -11,6 +11,7 @@ Training is ``training.train_gan``; a model directory holds ``generator/`` (the 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -26,6 +27,9 @@ from .files import save_model_dir
 from .labels import EMOTIONS
 from .pipeline import FaceEditor, ModelLoadError
 from .settings import EditSettings
+
+if TYPE_CHECKING:
+    from . import photos
 
 GENERATOR = "generator"
 
@@ -124,7 +128,7 @@ class GanEditor(FaceEditor):
 
     @torch.inference_mode()
     def edit_faces(self, faces: np.ndarray, targets: list[int], settings: EditSettings | None = None, source_labels=None, seed: int = 0,
-                   shown=None) -> np.ndarray:  # fmt: skip
+                   shown: photos.Shown | None = None) -> np.ndarray:  # fmt: skip
         """uint8 (B, 48, 48) faces -> uint8 (B, len(targets), 48, 48); deterministic, no noise (nor
         a reading of its edits as it makes them, so what a photo shows changes nothing)."""
         x = to_tensor(faces).to(self.device)
