@@ -28,6 +28,7 @@ CANDIDATES = {
     "small 32-48-96 x2": dict(block_out_channels=(32, 48, 96)),
     "default 32-64-128 x2": dict(block_out_channels=(32, 64, 128)),
     "default + attention 12x12": dict(block_out_channels=(32, 64, 128), attention_levels=(False, False, True)),
+    "wide 48-96-192 x2": dict(block_out_channels=(48, 96, 192)),
 }
 
 
