@@ -182,9 +182,50 @@ def test_a_uniform_change_fades_to_nothing_inside_the_crop_with_no_step():
     assert step <= 0.1 * change.max(), step  # a fade: no pixel-to-pixel step over a tenth of the change (it was all of it)
 
 
-def test_seam_score_sees_the_crop_pasted_on_without_a_fade_but_not_the_shipped_paste():
+def test_poisson_keeps_the_steps_of_a_change_inside_its_region_and_lets_an_offset_fade_out():
+    """What ``poisson_change`` is for: a change's own steps arrive whole inside the region, and what
+    stands still at the region's edge (an offset of the whole face) spreads out smoothly past it
+    instead of being cut off there."""
+    yy, xx = np.mgrid[0:192, 0:192]
+    bump = 30 * np.exp(-((xx - 96) ** 2 + (yy - 90) ** 2) / (2 * 15.0**2))
+    region = (np.abs(xx - 96) < 60) & (np.abs(yy - 96) < 60)
+    np.testing.assert_allclose(face_ops.poisson_change(bump, region), bump, atol=0.05)  # nothing to take away
+    offset = face_ops.poisson_change((bump + 20) * region, region)  # cut at the region's edge by 20 grey levels
+    assert max(np.abs(np.diff(offset, axis=0)).max(), np.abs(np.diff(offset, axis=1)).max()) < 2.5  # the bump's own slope: no step
+    relief = offset[90, 96] - offset[90, 50]  # the bump against the region's inside, away from it
+    assert abs(relief - (bump[90, 96] - bump[90, 50])) < 1.0
+    assert np.all(offset[[0, -1]] == 0) and np.all(offset[:, [0, -1]] == 0)
+
+
+def test_poisson_blend_carries_a_feature_whole_but_not_an_offset_of_the_face_and_ends_without_a_step(photo, finder):
+    """``--blend poisson`` on a photo: a dark mouth the edit draws arrives at its full depth, a
+    brightening of the whole face does not (the landmark mask carries it onto the cheeks), the
+    change ends without a step, and nothing outside the crop square changes."""
+    face = finder.find(photo)[0]
+    points = np.asarray(face.landmarks, dtype=float)
+    flat = Image.new("RGB", photo.size, (128, 128, 128))
+    crop = face_ops.crop(flat, face)
+    u, v = face.to_crop(*points[48:68].mean(0))
+    yy, xx = np.mgrid[0:48, 0:48]
+    mouth = -40 * np.exp(-((xx - u) ** 2 + (yy - v) ** 2) / (2 * 3.0**2))
+    edited = np.clip(crop + 10 + mouth, 0, 255).round().astype(np.uint8)
+    pasted = {blend: np.asarray(face_ops.paste(flat, face, crop, edited, blend=blend), dtype=float)[..., 0] - 128 for blend in ("poisson", "landmarks")}
+    at = lambda change, point: change[int(round(point[1])), int(round(point[0]))]  # noqa: E731
+    mouth_at, cheek = points[48:68].mean(0), (points[31] + points[2]) / 2  # the cheek between nose and jaw
+    assert at(pasted["poisson"], mouth_at) <= -35
+    assert at(pasted["landmarks"], cheek) >= 8 and abs(at(pasted["poisson"], cheek)) <= 3
+    change = pasted["poisson"]
+    still = change == 0  # where the change ends: a changed pixel beside one left as it was
+    ends = [np.abs(change[:, 1:][still[:, :-1]]), np.abs(change[:, :-1][still[:, 1:]]), np.abs(change[1:][still[:-1]]), np.abs(change[:-1][still[1:]])]
+    assert np.concatenate(ends).max() <= 2  # 3 under the landmark mask
+    rows, cols = np.mgrid[0 : photo.height, 0 : photo.width]
+    assert np.all(change[~face.inside_crop(cols, rows)] == 0)
+
+
+def test_seam_score_sees_the_crop_pasted_on_without_a_fade_but_not_a_faded_or_poisson_paste():
     """Issue #19's hard edge: a change carried to the crop square's border steps there. The score
-    must see it on a photo, and see nothing where the shipped mask fades the same change out."""
+    must see it on a photo, and see nothing where the landmark mask fades the same change out or
+    the Poisson paste (the default) spreads it out."""
     import dataclasses
 
     from emodiff.photo_evaluation import crop_region, seam_score
@@ -194,9 +235,10 @@ def test_seam_score_sees_the_crop_pasted_on_without_a_fade_but_not_the_shipped_p
     face = face_ops.Face((200, 200, 400, 400), left_eye=(245.0, 260.0), right_eye=(355.0, 260.0))
     crop = face_ops.crop(photo, face)
     edited = np.clip(crop.astype(int) + 40, 0, 255).astype(np.uint8)
-    plan = face_ops.PastePlan.of(photo, face, crop)
+    plan = face_ops.PastePlan.of(photo, face, crop, blend="landmarks")
     region = crop_region(photo, face)
     assert seam_score(photo, plan.paste(photo, edited), region) <= 1.0
+    assert seam_score(photo, face_ops.paste(photo, face, crop, edited), region) <= 1.0
     assert seam_score(photo, dataclasses.replace(plan, mask=np.ones_like(plan.mask)).paste(photo, edited), region) >= 15
 
 
@@ -208,7 +250,7 @@ def test_the_landmark_mask_covers_the_expression_not_the_jaw_and_fades_with_no_s
     assert face.landmarks is not None and len(face.landmarks) == 68
     flat = Image.new("RGB", photo.size, (128, 128, 128))
     crop = face_ops.crop(flat, face)
-    pasted = face_ops.paste(flat, face, crop, crop + 40)
+    pasted = face_ops.paste(flat, face, crop, crop + 40, blend="landmarks")
     change = np.asarray(pasted, dtype=float)[..., 0] - 128
     at = lambda points: change[int(round(np.mean(points, axis=0)[1])), int(round(np.mean(points, axis=0)[0]))]  # noqa: E731
     points = np.asarray(face.landmarks)
@@ -229,10 +271,11 @@ def test_a_face_without_landmarks_is_pasted_under_the_ellipse_and_a_bad_blend_is
     bare = face_ops.Face(found.box, found.left_eye, found.right_eye)
     crop = face_ops.crop(photo, found)
     darker = np.clip(crop.astype(int) - 30, 0, 255).astype(np.uint8)
-    assert face_ops.paste(photo, bare, crop, darker) == face_ops.paste(photo, found, crop, darker, blend="ellipse")
-    assert face_ops.paste(photo, found, crop, darker) != face_ops.paste(photo, found, crop, darker, blend="ellipse")
-    with pytest.raises(ValueError, match="blend 'poisson'"):
-        face_ops.paste(photo, found, crop, darker, blend="poisson")
+    assert face_ops.paste(photo, bare, crop, darker, "landmarks") == face_ops.paste(photo, found, crop, darker, blend="ellipse")
+    assert face_ops.paste(photo, found, crop, darker, "landmarks") != face_ops.paste(photo, found, crop, darker, blend="ellipse")
+    np.testing.assert_array_equal(face_ops.PastePlan.of(photo, bare, crop).mask, face_ops.ellipse_mask(48))  # the default's too
+    with pytest.raises(ValueError, match="blend 'seamless'"):
+        face_ops.paste(photo, found, crop, darker, blend="seamless")
     with pytest.raises(ValueError, match="--blend 'soft'"):
         face_ops.Preparer(blend="soft")
 

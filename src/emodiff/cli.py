@@ -161,12 +161,15 @@ def _edit(p):
 
 def _blend(p):
     p.add_argument("--blend", default=BLENDS[0], choices=BLENDS, help="in photos: how the edit goes back into the photo: "
-                   "landmarks (the luminance change added under the face's own brows, eyes, nose, mouth and chin, fading to "
-                   "nothing inside the face, with anything covering the face filled in before the edit and left as it is), "
-                   "guided (the same, with the photo's own fine detail carried along where the change follows the face's "
+                   "poisson (the change's own steps kept wherever the face's landmark mask reaches, and what it does to "
+                   "the face as a whole blended out past it by Poisson image editing: the whole expression arrives, "
+                   "without a seam; anything covering the face is filled in before the edit and left as it is), "
+                   "landmarks (the luminance change added under the face's own brows, eyes, nose, mouth and chin, fading "
+                   "to nothing inside the face: the default until 2026-12-07, read less by the judges), "
+                   "guided (landmarks, with the photo's own fine detail carried along where the change follows the face's "
                    "features: a fold the edit deepens or smooths away does so at the photo's resolution; measured in the README: "
                    "the same emotion, less identity kept), "
-                   "warp (the same mask, the photo's own pixels moved by the edit's optical flow and only what moving cannot "
+                   "warp (the landmark mask, the photo's own pixels moved by the edit's optical flow and only what moving cannot "
                    "explain added; measured in the README, not better) or ellipse (the change added under a fixed ellipse of "
                    f"the face crop, the blend before issue #19) (default: {BLENDS[0]})")  # fmt: skip
 

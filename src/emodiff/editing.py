@@ -22,7 +22,7 @@ from .data import IMAGE_SUFFIXES
 from .files import image_format, save_image
 from .grid import labelled_grid
 from .labels import EMOTIONS
-from .settings import EditSettings
+from .settings import BLENDS, EditSettings
 
 
 @dataclass
@@ -33,7 +33,7 @@ class EditJob:
     settings: EditSettings = field(default_factory=EditSettings)
     source: int | None = None  # the inputs' true emotion (default: predicted)
     face: str = "largest"
-    blend: str = "landmarks"  # the mask photo edits are blended back under (photos.BLENDS)
+    blend: str = BLENDS[0]  # how photo edits go back into the photo (photos.BLENDS)
     detect: bool = True
     crop: bool = False  # also write each 48x48 face crop and its edits
     grid: bool = False

@@ -30,6 +30,7 @@ from PIL import Image
 
 from .identity import IDENTITY_THRESHOLD
 from .labels import EMOTIONS
+from .settings import BLENDS
 
 FLAT = 3.0  # grey levels per pixel: below this (after a light blur) the input has no edge
 SEAM_PERCENTILE = 99  # of the steps where an edit ends: a seam is a line of them, a stray pixel is not
@@ -227,7 +228,7 @@ def _mean_or_none(values: list[float]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: int = 0, variants: bool = False, blend: str = "landmarks") -> PhotoEvaluation:
+def evaluate_photos(pipeline, paths: list[Path], settings, judges: list, seed: int = 0, variants: bool = False, blend: str = BLENDS[0]) -> PhotoEvaluation:
     """Edit the largest face of every photo (and, with ``variants``, of its harder copies,
     ``photo_variants``) to all 7 emotions, blended back under ``blend``'s mask, and measure each
     edited photo. ``judges``: the judge, and optionally a second one that only reports. A copy in

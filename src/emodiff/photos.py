@@ -9,16 +9,20 @@ the eye centres where FER-2013 crops have them (measured with the same landmarks
 training faces: median left eye (0.315, 0.401), right eye (0.677, 0.391)).
 
 The edit goes back as a *change* of luminance: (edited crop - original crop), upsampled into the
-photo under a feathered mask and added equally to R, G and B. Adding the same amount to all three
-channels leaves Cb and Cr unchanged, so colour is kept, the photo's own detail and resolution
-stay, and every pixel outside the mask is bit-identical to the input. The mask (``blend``) follows
-the face's own 68 landmarks — brows and the forehead just above them, eyes, nose, mouth and chin,
-where an expression lives — and fades to nothing well inside the crop; ``ellipse`` is the fixed
-ellipse of the crop used before, kept for faces whose landmarks are not found well. What covers
-the face (``occluder_mask``) is filled in before the edit (``fill_occluder``) and never pasted
-over. ``guided`` adds the same change with the photo's own fine detail scaled along with it
-(``photo_guided``); ``warp`` moves the photo's own pixels by the edit's optical flow instead and
-adds only what moving leaves; both measured (README) and not the default.
+photo and added equally to R, G and B. Adding the same amount to all three channels leaves Cb and
+Cr unchanged, so colour is kept, the photo's own detail and resolution stay, and every pixel the
+change does not reach is bit-identical to the input. Where it reaches follows the face's own 68
+landmarks (``landmark_mask``: brows and the forehead just above them, eyes, nose, mouth and chin,
+where an expression lives). By default (``poisson``) the change keeps every step it takes from
+pixel to pixel wherever that mask reaches, and what it does to the face as a whole spreads out
+smoothly past it (``poisson_change``); ``landmarks`` fades the change out under the mask itself
+(the default until 2026-12-07: it left about a quarter of the change out, and the judge read the
+photos less); ``ellipse`` is the fixed ellipse of the crop used before, kept for faces whose
+landmarks are not found well. What covers the face (``occluder_mask``) is filled in before the
+edit (``fill_occluder``) and never pasted over. ``guided`` adds the landmark mask's change with the
+photo's own fine detail scaled along with it (``photo_guided``); ``warp`` moves the photo's own
+pixels by the edit's optical flow instead and adds only what moving leaves; both measured (README)
+and not the default.
 """
 
 from __future__ import annotations
@@ -314,7 +318,7 @@ class Prepared:
     image: Image.Image
     crops: np.ndarray  # uint8 (n, 48, 48)
     faces: list[Face] | None = None  # None: the input is itself a face crop
-    blend: str = "landmarks"  # the mask edits are pasted back under (BLENDS)
+    blend: str = BLENDS[0]  # how edits are put back into the photo (BLENDS)
     as_kept: np.ndarray | None = None  # the crops as the photo keeps them, what covers a face not filled in; None: ``crops``
 
     @functools.cached_property
@@ -349,7 +353,7 @@ class Prepared:
 class Preparer:
     """Turns images into crops: small ones as they are, photos through face detection."""
 
-    def __init__(self, face: str = "largest", detect: bool = True, blend: str = "landmarks"):
+    def __init__(self, face: str = "largest", detect: bool = True, blend: str = BLENDS[0]):
         if blend not in BLENDS:
             raise ValueError(f"--blend {blend!r}: expected one of {', '.join(BLENDS)}")
         self.face, self.detect, self.blend = parse_face_choice(face), detect, blend
@@ -506,8 +510,9 @@ def _to_crop(field: np.ndarray, face: Face, box: tuple[int, int, int, int], size
 
 def blend_mask(face: Face, size: int, blend: str = "landmarks") -> np.ndarray:
     """Where, and how much of, an edit's change goes into the photo, on the crop's grid: the face's
-    landmark mask (``landmarks`` and ``warp``), or the fixed ellipse for ``ellipse`` and faces
-    without landmarks."""
+    landmark mask (every blend but ``ellipse``), or the fixed ellipse for ``ellipse`` and faces
+    without landmarks. ``poisson`` carries the change past it (``poisson_change``), but the push
+    reads an edit under it all the same: the same 48x48 edits as ``landmarks``, put back otherwise."""
     if blend not in BLENDS:
         raise ValueError(f"blend {blend!r}: expected one of {', '.join(BLENDS)}")
     return landmark_mask(face, size) if blend != "ellipse" and face.landmarks else ellipse_mask(size)
@@ -547,6 +552,7 @@ class PastePlan:
     keep: np.ndarray | None = None  # (H, W, 1): 0 where something covers the face, which stays the photo's
     inside: np.ndarray | None = None  # (H, W, 1) bool: the box's pixels inside the crop square
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
+    region: np.ndarray | None = None  # with ``poisson``: its mask on the POISSON_SCALE-times finer grid, as bool
 
     @functools.cached_property
     def reach(self) -> np.ndarray:
@@ -574,10 +580,13 @@ class PastePlan:
         covered = occluder_mask(photo, face, box) if blend != "ellipse" and face.landmarks else None
         ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32)
         inside = face.inside_crop(xs, ys, size)[..., None]  # the resampling kernel reaches a pixel past the square
-        detail = None
+        detail = region = None
         if blend == "guided":
             detail = _luminance(_channels(np.array(photo.crop(box)), photo.mode)) - _to_photo(original.astype(np.float32), face, box)
-        return cls(face, original, blend, box, blend_mask(face, size, blend), None if covered is None else (1 - covered)[..., None], inside, detail)
+        if blend == "poisson":
+            region = blend_mask(face, size * POISSON_SCALE, blend) >= POISSON_REGION
+        keep = None if covered is None else (1 - covered)[..., None]
+        return cls(face, original, blend, box, blend_mask(face, size, blend), keep, inside, detail, region)
 
     def paste(self, photo: Image.Image, edited: np.ndarray) -> Image.Image:
         """``photo`` (the plan's, or one it made) with ``edited`` carried in; a new image."""
@@ -588,7 +597,15 @@ class PastePlan:
         if self.blend == "warp":
             updated = warp_change(view, self.face, self.box, self.original, edited, self.mask, self.keep)
         else:
-            masked = (edited.astype(np.float32) - self.original.astype(np.float32)) * self.mask
+            on_crop = edited.astype(np.float32) - self.original.astype(np.float32)
+            if self.blend == "poisson":
+                import cv2
+
+                size = on_crop.shape[0]
+                finer = cv2.resize(on_crop * _window(size), (size * POISSON_SCALE,) * 2, interpolation=cv2.INTER_CUBIC)
+                masked = poisson_change(finer, self.region)
+            else:
+                masked = on_crop * self.mask
             delta = _to_photo(masked, self.face, self.box)[..., None]
             change = np.where(np.abs(delta) >= 0.5, delta, 0)  # a change that rounds to nothing changes nothing
             if self.blend == "guided":
@@ -629,6 +646,40 @@ def _to_photo(field: np.ndarray, face: Face, box: tuple[int, int, int, int]) -> 
         fillcolor=0.0,
     )
     return np.asarray(region, dtype=np.float32)
+
+
+POISSON_SCALE = 4  # ``poisson`` solves on a grid this much finer than the crop's: its region's edge at a quarter crop pixel
+POISSON_REGION = 0.05  # ``poisson`` keeps the change's gradients where the landmark mask reaches this: all it touches
+
+
+def poisson_change(change: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """The field whose steps between neighbouring pixels are, in least squares, the change's where
+    both pixels lie in ``region`` and none elsewhere, and which is 0 on the grid's edge: Poisson
+    image editing's guidance field (Pérez et al. 2003, as OpenCV's ``seamlessClone`` forms it for
+    NORMAL_CLONE), solved on the change alone and in floating point, so that any photo size costs
+    the same. Inside the region the change arrives with every feature it draws; what it does to the
+    face as a whole where the region ends (a forehead brightened, a jaw darkened) spreads out
+    smoothly past it instead of being cut off by a mask, which left a quarter of the change out
+    (docs/photo_experiments.md). ``seamlessClone`` itself works on 8-bit images at the photo's
+    resolution: 0.4 s an edit at a 1,000-pixel face, where this takes milliseconds."""
+    from scipy.fft import dstn, idstn
+
+    change = change.astype(np.float64)
+    steps_x = np.where(region[:, 1:] & region[:, :-1], np.diff(change, axis=1), 0.0)
+    steps_y = np.where(region[1:] & region[:-1], np.diff(change, axis=0), 0.0)
+    # the normal equations: the field's Laplacian equals the divergence of the steps it should take
+    divergence = np.zeros_like(change)
+    divergence[:, :-1] += steps_x
+    divergence[:, 1:] -= steps_x
+    divergence[:-1] += steps_y
+    divergence[1:] -= steps_y
+    # 0 on the edge (Dirichlet): the sine transform diagonalises the Laplacian of the inner pixels
+    inner = divergence[1:-1, 1:-1]
+    rows, cols = (np.arange(1, n + 1) for n in inner.shape)
+    eigen = (2 * np.cos(np.pi * rows / (inner.shape[0] + 1)) - 2)[:, None] + (2 * np.cos(np.pi * cols / (inner.shape[1] + 1)) - 2)[None, :]
+    field = np.zeros_like(change)
+    field[1:-1, 1:-1] = idstn(dstn(inner, type=1, norm="ortho") / eigen, type=1, norm="ortho")
+    return field.astype(np.float32)
 
 
 GUIDE_RADIUS = 1  # crop pixels: the window over which the change is fitted to the crop (photo_guided)

@@ -12,7 +12,7 @@ DEFAULT_GUIDANCE = 7.0
 # What classifier-free guidance pushes away from: no emotion, the face's own, or a named emotion
 # (EditSettings.negative).
 NEGATIVES = ("null", "source", *EMOTIONS)
-BLENDS = ("landmarks", "guided", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
+BLENDS = ("poisson", "landmarks", "guided", "warp", "ellipse")  # how a photo edit goes back into the photo (photos.paste), the default first
 
 
 @dataclass(frozen=True)
