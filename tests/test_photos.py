@@ -301,6 +301,12 @@ def test_an_occluder_across_the_mouth_is_kept_and_the_face_around_it_still_chang
         eyes = np.asarray(found.landmarks)[36:48]
         assert changed[int(eyes[:, 1].mean()), int(eyes[:, 0].mean())]  # between the eyes: changed either way
     assert face_ops.occluder_mask(photo, face, (0, 0, photo.width, photo.height)) is None  # nothing covers the bare face
+    found = finder.find(occluded)[0]
+    plan = face_ops.PastePlan.of(occluded, found, face_ops.crop(occluded, found))  # the default, poisson
+    centre = np.argwhere(inner).mean(0)  # the bar's middle, (row, column) in the photo
+    u, v = found.to_crop(np.array([centre[1] + 0.5]), np.array([centre[0] + 0.5]), plan.region.shape[0])
+    assert not plan.region[int(v[0]), int(u[0])]  # the change's steps are not kept on the bar
+    assert plan.region.mean() > 0.3  # but over the rest of the face
 
 
 def test_the_change_fades_in_from_an_occluder_without_a_step(photo, finder):

@@ -552,7 +552,7 @@ class PastePlan:
     keep: np.ndarray | None = None  # (H, W, 1): 0 where something covers the face, which stays the photo's
     inside: np.ndarray | None = None  # (H, W, 1) bool: the box's pixels inside the crop square
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
-    region: np.ndarray | None = None  # with ``poisson``: its mask on the POISSON_SCALE-times finer grid, as bool
+    region: np.ndarray | None = None  # with ``poisson``: where the change keeps its steps, on the POISSON_SCALE-times finer grid
 
     @functools.cached_property
     def reach(self) -> np.ndarray:
@@ -585,6 +585,8 @@ class PastePlan:
             detail = _luminance(_channels(np.array(photo.crop(box)), photo.mode)) - _to_photo(original.astype(np.float32), face, box)
         if blend == "poisson":
             region = blend_mask(face, size * POISSON_SCALE, blend) >= POISSON_REGION
+            if covered is not None:  # nor where the photo keeps less than half of it: beside a bar its steps stood out
+                region &= _to_crop(covered, face, box, size * POISSON_SCALE) < 0.5
         keep = None if covered is None else (1 - covered)[..., None]
         return cls(face, original, blend, box, blend_mask(face, size, blend), keep, inside, detail, region)
 
