@@ -162,8 +162,8 @@ def _edit(p):
 def _blend(p):
     p.add_argument("--blend", default=BLENDS[0], choices=BLENDS, help="in photos: how the edit goes back into the photo: "
                    "poisson (the change's own steps kept wherever the face's landmark mask reaches, and what it does to "
-                   "the face as a whole blended out past it by Poisson image editing: the whole expression arrives, "
-                   "without a seam; anything covering the face is filled in before the edit and left as it is), "
+                   "the face as a whole blended out past it by Poisson image editing: the whole expression arrives and "
+                   "fades out smoothly; anything covering the face is filled in before the edit and left as it is), "
                    "landmarks (the luminance change added under the face's own brows, eyes, nose, mouth and chin, fading "
                    "to nothing inside the face: the default until 2026-12-07, read less by the judges), "
                    "guided (landmarks, with the photo's own fine detail carried along where the change follows the face's "

@@ -585,7 +585,7 @@ class PastePlan:
             detail = _luminance(_channels(np.array(photo.crop(box)), photo.mode)) - _to_photo(original.astype(np.float32), face, box)
         if blend == "poisson":
             region = blend_mask(face, size * POISSON_SCALE, blend) >= POISSON_REGION
-            if covered is not None:  # nor where the photo keeps less than half of it: beside a bar its steps stood out
+            if covered is not None:  # and not where an occluder's fade keeps less than half the change: its steps stood out beside a bar
                 region &= _to_crop(covered, face, box, size * POISSON_SCALE) < 0.5
         keep = None if covered is None else (1 - covered)[..., None]
         return cls(face, original, blend, box, blend_mask(face, size, blend), keep, inside, detail, region)
