@@ -314,16 +314,23 @@ def test_an_occluder_across_the_mouth_is_kept_and_the_face_around_it_still_chang
 
 
 def test_the_change_fades_in_from_an_occluder_without_a_step(photo, finder):
-    """A strong, even change beside the bar starts from nothing and grows without a step: until
-    2026-12-07 it rose to whole in a few pixels, and the seam score read 3-6 beside docs/photos' bars."""
+    """A strong change beside the bar starts from nothing and grows without a step: until
+    2026-12-07 it rose to whole in a few pixels, and the seam score read 3-6 beside docs/photos' bars.
+    Under the landmark mask an even darkening; under the Poisson paste, which carries a change's
+    steps rather than an even offset, a darkening that deepens toward the mouth."""
     from emodiff.photo_evaluation import crop_region, photo_variants, seam_score
 
     larger = photo.resize((photo.width * 2, photo.height * 2), Image.BICUBIC)  # a fade of a few pixels hides in the bar's edge on a small face
     occluded = photo_variants(larger, finder.find(larger)[0])["occluded"]
     found = finder.find(occluded)[0]
     crop = face_ops.crop(occluded, found)
-    pasted = face_ops.paste(occluded, found, crop, np.clip(crop.astype(int) - 30, 0, 255).astype(np.uint8))
-    assert seam_score(occluded, pasted, crop_region(occluded, found)) <= 2  # 5 before
+    region = crop_region(occluded, found)
+    even = np.clip(crop.astype(int) - 30, 0, 255).astype(np.uint8)
+    assert seam_score(occluded, face_ops.paste(occluded, found, crop, even, "landmarks"), region) <= 2  # 5 before
+    deepening = np.clip(crop - 40 * np.linspace(0, 1, 48)[:, None], 0, 255).astype(np.uint8)
+    pasted = face_ops.paste(occluded, found, crop, deepening, "poisson")
+    assert np.abs(np.asarray(pasted, dtype=int) - np.asarray(occluded, dtype=int)).max() >= 20  # the change arrived
+    assert seam_score(occluded, pasted, region) <= 2
 
 
 def test_an_occluder_is_filled_in_before_the_edit_and_a_bare_face_is_edited_as_it_is(photo, finder):
