@@ -14,8 +14,9 @@ Cr unchanged, so colour is kept, the photo's own detail and resolution stay, and
 change does not reach is bit-identical to the input. Where it reaches follows the face's own 68
 landmarks (``landmark_mask``: brows and the forehead just above them, eyes, nose, mouth and chin,
 where an expression lives). By default (``poisson``) the change keeps every step it takes from
-pixel to pixel wherever that mask reaches, and what it does to the face as a whole spreads out
-smoothly past it (``poisson_change``); ``landmarks`` fades the change out under the mask itself
+pixel to pixel wherever that mask reaches (fading in over its outer few photo pixels,
+``poisson_region``), and what it does to the face as a whole spreads out smoothly past it
+(``poisson_change``); ``landmarks`` fades the change out under the mask itself
 (the default until 2026-12-07: it left about a quarter of the change out, and the judge read the
 photos less); ``ellipse`` is the fixed ellipse of the crop used before, kept for faces whose
 landmarks are not found well. What covers the face (``occluder_mask``) is filled in before the
@@ -552,7 +553,8 @@ class PastePlan:
     keep: np.ndarray | None = None  # (H, W, 1): 0 where something covers the face, which stays the photo's
     inside: np.ndarray | None = None  # (H, W, 1) bool: the box's pixels inside the crop square
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
-    region: np.ndarray | None = None  # with ``poisson``: where the change keeps its steps, on the POISSON_SCALE-times finer grid
+    region: np.ndarray | None = None  # with ``poisson``: the share of its steps the change keeps, on the POISSON_SCALE-times finer grid
+    largest_step: np.ndarray | None = None  # with ``poisson``: the steepest it may rise there, grey levels a grid pixel (inf: no limit)
 
     @functools.cached_property
     def reach(self) -> np.ndarray:
@@ -580,15 +582,13 @@ class PastePlan:
         covered = occluder_mask(photo, face, box) if blend != "ellipse" and face.landmarks else None
         ys, xs = np.mgrid[top:bottom, left:right].astype(np.float32)
         inside = face.inside_crop(xs, ys, size)[..., None]  # the resampling kernel reaches a pixel past the square
-        detail = region = None
+        detail = region = largest_step = None
         if blend == "guided":
             detail = _luminance(_channels(np.array(photo.crop(box)), photo.mode)) - _to_photo(original.astype(np.float32), face, box)
         if blend == "poisson":
-            region = blend_mask(face, size * POISSON_SCALE, blend) >= POISSON_REGION
-            if covered is not None:  # and not where an occluder's fade keeps less than half the change: its steps stood out beside a bar
-                region &= _to_crop(covered, face, box, size * POISSON_SCALE) < 0.5
+            region, largest_step = poisson_region(face, size, None if covered is None else _to_crop(covered, face, box, size * POISSON_SCALE))
         keep = None if covered is None else (1 - covered)[..., None]
-        return cls(face, original, blend, box, blend_mask(face, size, blend), keep, inside, detail, region)
+        return cls(face, original, blend, box, blend_mask(face, size, blend), keep, inside, detail, region, largest_step)
 
     def paste(self, photo: Image.Image, edited: np.ndarray) -> Image.Image:
         """``photo`` (the plan's, or one it made) with ``edited`` carried in; a new image."""
@@ -605,7 +605,7 @@ class PastePlan:
 
                 size = on_crop.shape[0]
                 finer = cv2.resize(on_crop * _window(size), (size * POISSON_SCALE,) * 2, interpolation=cv2.INTER_CUBIC)
-                masked = poisson_change(finer, self.region)
+                masked = poisson_change(finer, self.region, self.largest_step)
             else:
                 masked = on_crop * self.mask
             delta = _to_photo(masked, self.face, self.box)[..., None]
@@ -652,9 +652,34 @@ def _to_photo(field: np.ndarray, face: Face, box: tuple[int, int, int, int]) -> 
 
 POISSON_SCALE = 4  # ``poisson`` solves on a grid this much finer than the crop's: its region's edge at a quarter crop pixel
 POISSON_REGION = 0.05  # ``poisson`` keeps the change's gradients where the landmark mask reaches this: all it touches
+# Where the region ends, the change's steps fade in over POISSON_FADE photo pixels, rising by at most
+# POISSON_SLOPE grey levels a photo pixel: on a 60-pixel face a crop pixel is little more than a photo
+# pixel, and an edit's own texture that began just inside the region stepped up by as much as 5.5
+# grey levels where the change began (docs/photo_measurements.md, "Poisson image editing"). Where a
+# crop pixel spans 4 * POISSON_FADE photo pixels or more (a crop square 960 pixels across) nothing
+# changes: the fade ends within the region's first grid pixel.
+POISSON_FADE = 5.0
+POISSON_SLOPE = 1.5
 
 
-def poisson_change(change: np.ndarray, region: np.ndarray) -> np.ndarray:
+def poisson_region(face: Face, size: int, covered: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``poisson_change``'s ``region`` and ``largest_step`` for a face, on the grid POISSON_SCALE times
+    finer than its ``size`` crop: the landmark mask from POISSON_REGION on, less where an occluder's
+    fade (``covered``, on that grid) keeps under half the change (its steps stood out beside a bar),
+    faded in from its edge (POISSON_FADE, POISSON_SLOPE)."""
+    import cv2
+
+    fine = size * POISSON_SCALE
+    region = blend_mask(face, fine, "poisson") >= POISSON_REGION
+    if covered is not None:
+        region &= covered < 0.5
+    photo_pixel = math.hypot(*face.crop_to_photo(fine)[:2])  # photo pixels a grid pixel spans
+    from_edge = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5) * photo_pixel
+    largest_step = np.where(from_edge < POISSON_FADE, POISSON_SLOPE * photo_pixel, np.inf)
+    return np.clip(from_edge / POISSON_FADE, 0, 1).astype(np.float32), largest_step.astype(np.float32)
+
+
+def poisson_change(change: np.ndarray, region: np.ndarray, largest_step: np.ndarray | None = None) -> np.ndarray:
     """The field whose steps between neighbouring pixels are, in least squares, the change's where
     both pixels lie in ``region`` and none elsewhere, and which is 0 on the grid's edge: Poisson
     image editing's guidance field (Pérez et al. 2003, as OpenCV's ``seamlessClone`` forms it for
@@ -664,12 +689,21 @@ def poisson_change(change: np.ndarray, region: np.ndarray) -> np.ndarray:
     smoothly past it instead of being cut off by a mask, which left a quarter of the change out
     (docs/photo_experiments.md). ``seamlessClone`` itself works on 8-bit images at the photo's
     resolution: its paste-back of 7 edits took 3.5 s at a 1,000-pixel face, where this takes
-    milliseconds an edit (docs/photo_measurements.md, "Speed, every sitting")."""
+    milliseconds an edit (docs/photo_measurements.md, "Speed, every sitting").
+
+    ``region`` may fade: a step keeps the share its weaker pixel holds, no larger than either
+    pixel's ``largest_step`` (grey levels) where that is given."""
     from scipy.fft import dstn, idstn
 
     change = change.astype(np.float64)
-    steps_x = np.where(region[:, 1:] & region[:, :-1], np.diff(change, axis=1), 0.0)
-    steps_y = np.where(region[1:] & region[:-1], np.diff(change, axis=0), 0.0)
+    region = region.astype(np.float64)
+    limit = np.full(change.shape, np.inf) if largest_step is None else largest_step
+    steps = []
+    for axis in (1, 0):
+        first, second = (np.s_[:, :-1], np.s_[:, 1:]) if axis else (np.s_[:-1], np.s_[1:])
+        bound = np.minimum(limit[first], limit[second])
+        steps.append(np.clip(np.minimum(region[first], region[second]) * np.diff(change, axis=axis), -bound, bound))
+    steps_x, steps_y = steps
     # the normal equations: the field's Laplacian equals the divergence of the steps it should take
     divergence = np.zeros_like(change)
     divergence[:, :-1] += steps_x
