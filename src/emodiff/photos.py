@@ -554,7 +554,7 @@ class PastePlan:
     inside: np.ndarray | None = None  # (H, W, 1) bool: the box's pixels inside the crop square
     detail: np.ndarray | None = None  # with ``guided``: the photo's luminance minus the crop upsampled (``photo_guided``)
     region: np.ndarray | None = None  # with ``poisson``: the share of its steps the change keeps, on the POISSON_SCALE-times finer grid
-    largest_step: np.ndarray | None = None  # with ``poisson``: the steepest it may rise there, grey levels a grid pixel (inf: no limit)
+    largest_step: np.ndarray | None = None  # with ``poisson``: the largest step it is asked to take there, grey levels a grid pixel (inf: any)
 
     @functools.cached_property
     def reach(self) -> np.ndarray:
@@ -652,12 +652,12 @@ def _to_photo(field: np.ndarray, face: Face, box: tuple[int, int, int, int]) -> 
 
 POISSON_SCALE = 4  # ``poisson`` solves on a grid this much finer than the crop's: its region's edge at a quarter crop pixel
 POISSON_REGION = 0.05  # ``poisson`` keeps the change's gradients where the landmark mask reaches this: all it touches
-# Where the region ends, the change's steps fade in over POISSON_FADE photo pixels, rising by at most
-# POISSON_SLOPE grey levels a photo pixel: on a 60-pixel face a crop pixel is little more than a photo
-# pixel, and an edit's own texture that began just inside the region stepped up by as much as 5.5
-# grey levels where the change began (docs/photo_measurements.md, "Poisson image editing"). Where a
-# crop pixel spans 4 * POISSON_FADE photo pixels or more (a crop square 960 pixels across) nothing
-# changes: the fade ends within the region's first grid pixel.
+# Where the region ends, the steps the change is asked to take fade in over POISSON_FADE photo pixels
+# and are held to POISSON_SLOPE grey levels a photo pixel: on a 60-pixel face a crop pixel is little
+# more than a photo pixel, and an edit's own texture that began just inside the region stepped up
+# by as much as 5.5 grey levels where the change began (docs/photo_measurements.md, "The fade-in
+# where the region ends"). Where a crop pixel spans 4 * POISSON_FADE photo pixels or more (a crop
+# square 960 pixels across) nothing changes: the fade ends within the region's first grid pixel.
 POISSON_FADE = 5.0
 POISSON_SLOPE = 1.5
 
@@ -698,12 +698,13 @@ def poisson_change(change: np.ndarray, region: np.ndarray, largest_step: np.ndar
     change = change.astype(np.float64)
     region = region.astype(np.float64)
     limit = np.full(change.shape, np.inf) if largest_step is None else largest_step
-    steps = []
-    for axis in (1, 0):
+
+    def asked(axis: int) -> np.ndarray:  # the steps between neighbours along ``axis`` the field should take
         first, second = (np.s_[:, :-1], np.s_[:, 1:]) if axis else (np.s_[:-1], np.s_[1:])
         bound = np.minimum(limit[first], limit[second])
-        steps.append(np.clip(np.minimum(region[first], region[second]) * np.diff(change, axis=axis), -bound, bound))
-    steps_x, steps_y = steps
+        return np.clip(np.minimum(region[first], region[second]) * np.diff(change, axis=axis), -bound, bound)
+
+    steps_x, steps_y = asked(1), asked(0)
     # the normal equations: the field's Laplacian equals the divergence of the steps it should take
     divergence = np.zeros_like(change)
     divergence[:, :-1] += steps_x
