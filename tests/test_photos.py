@@ -207,7 +207,6 @@ def test_poisson_region_fades_the_change_in_on_a_small_face_and_leaves_a_large_o
     while the rest of the face keeps its relief; on a face whose crop pixel spans 20 photo pixels the
     region is the plain one it was."""
     import dataclasses
-    import math
 
     import cv2
     from scipy import ndimage
@@ -217,7 +216,7 @@ def test_poisson_region_fades_the_change_in_on_a_small_face_and_leaves_a_large_o
     small = photo_variants(photo, finder.find(photo)[0])["small"]
     face = finder.find(small)[0]
     region, largest_step = face_ops.poisson_region(face, 48)
-    photo_pixel = math.hypot(*face.crop_to_photo(region.shape[0])[:2])  # photo pixels a grid pixel spans
+    photo_pixel = face.pixel_span(region.shape[0])  # photo pixels a grid pixel spans
     texture = ndimage.gaussian_filter(np.random.default_rng(0).normal(0, 1, (48, 48)), 1.5)
     change = cv2.resize((30 * texture / texture.std()).astype(np.float32), region.shape, interpolation=cv2.INTER_CUBIC)
     faded, plain = face_ops.poisson_change(change, region, largest_step), face_ops.poisson_change(change, region > 0)
@@ -226,12 +225,12 @@ def test_poisson_region_fades_the_change_in_on_a_small_face_and_leaves_a_large_o
         steps = np.maximum(np.abs(np.diff(field, axis=0, append=field[-1:])), np.abs(np.diff(field, axis=1, append=field[:, -1:])))
         return steps[where].max() / photo_pixel
 
-    where_it_begins = (region > 0) & (region <= 0.4)  # the region's outer 2 photo pixels
+    where_it_begins = (region > 0) & (region <= 2 / face_ops.POISSON_FADE)  # the region's outer 2 photo pixels
     assert steepest(faded, where_it_begins) < min(0.25 * steepest(plain, where_it_begins), 4 * face_ops.POISSON_SLOPE)
     inner = region == 1
     assert inner.mean() > 0.3 and np.ptp(faded[inner]) > 0.8 * np.ptp(plain[inner])  # the face's own relief kept
 
-    k = 20 * face_ops.POISSON_SCALE / math.hypot(*face.crop_to_photo(48)[:2])  # a crop pixel 20 photo pixels across
+    k = 21 / face.pixel_span(48)  # a crop pixel just over 20 photo pixels across
     grow = lambda point: (point[0] * k, point[1] * k)  # noqa: E731
     large = dataclasses.replace(face, box=tuple(round(v * k) for v in face.box), left_eye=grow(face.left_eye),
                                 right_eye=grow(face.right_eye), landmarks=tuple(map(grow, face.landmarks)))  # fmt: skip

@@ -115,6 +115,11 @@ class Face:
         x, y, det = xs - c, ys - f, a * e - b * d
         return (e * x - b * y) / det, (-d * x + a * y) / det
 
+    def pixel_span(self, size: int = IMAGE_SIZE) -> float:
+        """How many photo pixels one pixel of the size x size crop spans (the similarity's scale)."""
+        a, b = self.crop_to_photo(size)[:2]
+        return math.hypot(a, b)
+
     def crop_to_photo(self, size: int = IMAGE_SIZE) -> tuple[float, ...]:
         """Affine coefficients (a, b, c, d, e, f): crop pixel (u, v) -> photo (a u + b v + c, d u + e v + f)."""
         (lx, ly), (rx, ry) = self.left_eye, self.right_eye
@@ -281,7 +286,7 @@ def output_suffix(path: Path, is_photo: bool) -> str:
 def crop(photo: Image.Image, face: Face, size: int = IMAGE_SIZE) -> np.ndarray:
     """The aligned size x size grayscale crop; sampled large, then reduced with antialiasing."""
     a, b, c, d, e, f = face.crop_to_photo(size)
-    oversample = int(min(8, max(1, round(math.hypot(a, d)))))
+    oversample = int(min(8, max(1, round(face.pixel_span(size)))))
     fine = photo.convert("L").transform(
         (size * oversample, size * oversample),
         Image.AFFINE,
@@ -673,7 +678,7 @@ def poisson_region(face: Face, size: int, covered: np.ndarray | None = None) -> 
     region = blend_mask(face, fine, "poisson") >= POISSON_REGION
     if covered is not None:
         region &= covered < 0.5
-    photo_pixel = math.hypot(*face.crop_to_photo(fine)[:2])  # photo pixels a grid pixel spans
+    photo_pixel = face.pixel_span(fine)
     from_edge = cv2.distanceTransform(region.astype(np.uint8), cv2.DIST_L2, 5) * photo_pixel
     largest_step = np.where(from_edge < POISSON_FADE, POISSON_SLOPE * photo_pixel, np.inf)
     return np.clip(from_edge / POISSON_FADE, 0, 1).astype(np.float32), largest_step.astype(np.float32)
@@ -697,11 +702,10 @@ def poisson_change(change: np.ndarray, region: np.ndarray, largest_step: np.ndar
 
     change = change.astype(np.float64)
     region = region.astype(np.float64)
-    limit = np.full(change.shape, np.inf) if largest_step is None else largest_step
 
     def asked(axis: int) -> np.ndarray:  # the steps between neighbours along ``axis`` the field should take
         first, second = (np.s_[:, :-1], np.s_[:, 1:]) if axis else (np.s_[:-1], np.s_[1:])
-        bound = np.minimum(limit[first], limit[second])
+        bound = np.inf if largest_step is None else np.minimum(largest_step[first], largest_step[second])
         return np.clip(np.minimum(region[first], region[second]) * np.diff(change, axis=axis), -bound, bound)
 
     steps_x, steps_y = asked(1), asked(0)
